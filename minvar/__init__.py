@@ -1,0 +1,11 @@
+"""minvar: a minimal, heavily commented reference implementation of VAR (Tian et al., NeurIPS 2024).
+
+    from minvar import VQVAE, VAR, generate
+    vae = VQVAE.from_official("vae_ch160v4096z32.pth")
+    var = VAR.from_official("var_d16.pth", vae=vae)
+    imgs = generate(var, vae, labels, cfg=1.5, top_k=900, top_p=0.96, seed=0)
+"""
+__version__ = "0.1.0"
+
+from minvar.quantizer import MultiScaleQuantizer
+from minvar.vqvae import VQVAE, VQVAEConfig

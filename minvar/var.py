@@ -1,0 +1,376 @@
+"""The next-scale prediction transformer of VAR.
+
+Paper: Tian et al., "Visual Autoregressive Modeling", Section 3.1-3.2 and Figure 4: a GPT-2-like decoder that
+predicts ALL tokens of scale k at once from the class and the scales < k, with a block-causal mask, AdaLN class
+conditioning and normalized (QK-norm) attention.
+Official counterpart: `models/var.py` (VAR) and `models/basic_var.py` (AdaLNSelfAttn, SelfAttention, FFN,
+AdaLNBeforeHead). Parameter and buffer names are the official ones, so the released checkpoints load strictly.
+
+Input sequence of length L = Σ pn² (680 for the 256px schedule):
+    position 0          : class embedding + pos_start              (the "start" token; scale 1 has no visual input)
+    positions of scale k: word_embed(area_down(f̂_{<k}, pn_k))        (k ≥ 2, from `VQVAE.idx_to_var_input`)
+    every position      : + lvl_embed(scale id) + pos_1LC
+The logits at scale k's positions predict scale k's tokens (no shift between input and target).
+
+Shape legend: B batch, K number of scales, k scale index, pn side of scale k's map, L = Σ pn², l = pn² (one scale),
+C width, H heads (named `num_heads` in code to avoid clashing with image height), hd = C / H head dim,
+Cvae codebook dim, V codebook size.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class VARConfig:
+    depth: int = 16  # number of transformer blocks; the paper's single scaling knob
+    width: int = 0  # C; 0 means the official rule 64·depth (so a head is always 64 wide)
+    num_heads: int = 0  # 0 means the official rule heads = depth
+    mlp_ratio: float = 4.0  # FFN hidden width = mlp_ratio · C
+    num_classes: int = 1000  # class ids 0..num_classes-1; id num_classes is the null class (guidance, dropout)
+    vocab_size: int = 4096  # V: must equal the tokenizer's codebook size
+    code_dim: int = 32  # Cvae: must equal the tokenizer's code dimension
+    patch_nums: Tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # must equal the tokenizer's schedule
+    drop_rate: float = 0.0  # dropout after attention/FFN projections (0 officially)
+    attn_drop_rate: float = 0.0  # dropout on attention weights (0 officially)
+    drop_path_rate: float = -1.0  # stochastic depth of the last block; -1 means the official 0.1·depth/24
+    norm_eps: float = 1e-6  # LayerNorm epsilon
+    shared_aln: bool = False  # one AdaLN projection shared by all blocks plus a per-block offset (d36 only)
+    attn_l2_norm: bool = True  # QK-norm with a learned per-head temperature (the released checkpoints use it)
+    cond_drop_rate: float = 0.1  # label dropout in training, so that the null class learns the unconditional model
+    init_adaln: float = 0.5  # scale of the AdaLN scale/shift rows at init
+    init_adaln_gamma: float = 1e-5  # scale of the AdaLN gamma rows at init (the d16/d20 recipes use 1e-3)
+    init_head: float = 0.02  # scale of the output head at init (initial loss ≈ ln V)
+    init_std: float = -1.0  # std of Linear/Embedding weights; -1 means √(1/(3C))
+
+    def resolved(self) -> "VARConfig":
+        """The config with the official defaults filled in (width, heads, drop path)."""
+        width = self.width or 64 * self.depth
+        heads = self.num_heads or self.depth
+        drop_path = self.drop_path_rate if self.drop_path_rate >= 0 else 0.1 * self.depth / 24
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {heads}")
+        return VARConfig(**{**asdict(self), "width": width, "num_heads": heads, "drop_path_rate": drop_path})
+
+
+SCHEDULE_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+SCHEDULE_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
+# Named configurations (as DiT's DiT_models). dN are the released ImageNet models; "tiny" is the CPU quickstart.
+VAR_PRESETS = {
+    "d16": VARConfig(depth=16, init_adaln_gamma=1e-3),
+    "d20": VARConfig(depth=20, init_adaln_gamma=1e-3),
+    "d24": VARConfig(depth=24, init_adaln_gamma=1e-4),
+    "d30": VARConfig(depth=30, init_adaln_gamma=1e-5),
+    "d36": VARConfig(depth=36, shared_aln=True, patch_nums=SCHEDULE_512, init_adaln_gamma=5e-6),
+    "tiny": VARConfig(depth=4, width=192, num_heads=4, num_classes=15, vocab_size=512, code_dim=16,
+                      patch_nums=(1, 2, 3, 4, 6, 8), drop_path_rate=0.0, init_adaln_gamma=1e-3),
+}
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch of a sample with probability p, rescale by 1/(1-p)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)  # (B, 1, 1)
+        return x * keep / (1 - self.p)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head attention with QK-norm: q, k L2-normalised per head, q scaled by a learned temperature.
+
+    With `attn_l2_norm` the logits are cos(q, k) · exp(min(s_h, ln 100)), s_h initialised to ln 4, and the softmax
+    scale is 1 (no 1/√hd): the temperature is learned instead. The official README says this "normalized attention"
+    stabilises fp16 training. qkv has no bias of its own: q and v get learned biases, k a zero buffer.
+    """
+
+    def __init__(self, width: int, num_heads: int, attn_drop: float, proj_drop: float, attn_l2_norm: bool):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, width // num_heads
+        self.attn_l2_norm = attn_l2_norm
+        if attn_l2_norm:
+            self.scale = 1.0
+            self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), math.log(4.0)))
+            self.max_scale_mul = math.log(100.0)
+        else:
+            self.scale = 0.25 / math.sqrt(self.head_dim)  # the official non-normalised scale
+        self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
+        self.q_bias, self.v_bias = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(width))
+        self.register_buffer("zero_k_bias", torch.zeros(width))  # persistent: the checkpoints carry it
+        self.proj = nn.Linear(width, width)
+        self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
+        self.attn_drop = attn_drop
+
+    def forward(self, x: torch.Tensor, attn_bias: Optional[torch.Tensor], kv_cache: Optional[dict]) -> torch.Tensor:
+        B, L, C = x.shape
+        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))  # (3C,) laid out [q | k | v]
+        qkv = F.linear(x, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)  # (B, L, 3, H, hd)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, hd)
+        if self.attn_l2_norm:
+            temperature = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()  # (1, H, 1, 1)
+            q = F.normalize(q, dim=-1).mul(temperature)
+            k = F.normalize(k, dim=-1)
+        if kv_cache is not None:  # sampling: this scale attends to itself and every cached coarser scale
+            if "k" in kv_cache:
+                k = torch.cat((kv_cache["k"], k), dim=2)  # (B, H, L_seen + l, hd)
+                v = torch.cat((kv_cache["v"], v), dim=2)
+            kv_cache["k"], kv_cache["v"] = k, v
+        if attn_bias is not None:
+            attn_bias = attn_bias.to(q.dtype)  # SDPA needs the float mask in the query's dtype under autocast
+        # SDPA picks the fastest kernel for the device and dtype itself (flash / memory-efficient / math)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale,
+                                             dropout_p=self.attn_drop if self.training else 0.0)  # (B, H, L, hd)
+        out = out.transpose(1, 2).reshape(B, L, C)  # (B, L, C)
+        return self.proj_drop(self.proj(out))
+
+
+class FFN(nn.Module):
+    """fc1 → GELU (tanh approximation, as the official code) → fc2."""
+
+    def __init__(self, width: int, hidden: int, drop: float):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, hidden), nn.Linear(hidden, width)
+        self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(F.gelu(self.fc1(x), approximate="tanh")))
+
+
+class SharedAdaLin(nn.Linear):
+    """The d36 shared AdaLN projection: class condition (B, C) -> (B, 1, 6, C), computed once for all blocks."""
+
+    def forward(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        return super().forward(cond_BD).view(-1, 1, 6, self.weight.shape[0] // 6)  # (B, 1, 6, C)
+
+
+class AdaLNBlock(nn.Module):
+    """One transformer block with adaptive LayerNorm conditioning on the class (official `AdaLNSelfAttn`).
+
+    From the condition come six C-vectors, in the official order gamma1, gamma2, scale1, scale2, shift1, shift2
+    (NOT DiT's shift/scale/gate order; it matters when loading `ada_lin.1.weight`):
+        x = x + gamma1 · attn(LN(x)·(1 + scale1) + shift1)
+        x = x + gamma2 · ffn (LN(x)·(1 + scale2) + shift2)
+    LN has no affine parameters: AdaLN supplies them.
+    """
+
+    def __init__(self, cfg: VARConfig, drop_path: float):
+        super().__init__()
+        C = cfg.width
+        self.shared_aln = cfg.shared_aln
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.attn = SelfAttention(C, cfg.num_heads, cfg.attn_drop_rate, cfg.drop_rate, cfg.attn_l2_norm)
+        self.ffn = FFN(C, round(C * cfg.mlp_ratio), cfg.drop_rate)
+        self.ln_wo_grad = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
+        if cfg.shared_aln:  # a learned per-block offset to the shared (B, 1, 6, C) modulation
+            self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, C) / C ** 0.5)
+        else:
+            self.ada_lin = nn.Sequential(nn.SiLU(inplace=False), nn.Linear(C, 6 * C))
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, attn_bias: Optional[torch.Tensor],
+                kv_cache: Optional[dict] = None) -> torch.Tensor:
+        """x (B, L, C); cond is the class vector (B, C), or the shared modulation (B, 1, 6, C) when shared_aln."""
+        if self.shared_aln:
+            modulation = self.ada_gss + cond  # (B, 1, 6, C)
+        else:
+            modulation = self.ada_lin(cond).view(-1, 1, 6, x.shape[-1])  # (B, 1, 6, C)
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = modulation.unbind(2)  # each (B, 1, C)
+        h = self.attn(self.ln_wo_grad(x).mul(scale1 + 1).add(shift1), attn_bias, kv_cache)  # (B, L, C)
+        x = x + self.drop_path(h.mul(gamma1))
+        h = self.ffn(self.ln_wo_grad(x).mul(scale2 + 1).add(shift2))  # (B, L, C)
+        return x + self.drop_path(h.mul(gamma2))
+
+
+class AdaLNBeforeHead(nn.Module):
+    """The final AdaLN before the output head: LN(x)·(1 + scale) + shift, chunks in the order (scale, shift)."""
+
+    def __init__(self, width: int, norm_eps: float):
+        super().__init__()
+        self.ln_wo_grad = nn.LayerNorm(width, eps=norm_eps, elementwise_affine=False)
+        self.ada_lin = nn.Sequential(nn.SiLU(inplace=False), nn.Linear(width, 2 * width))
+
+    def forward(self, x: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.ada_lin(cond_BD).view(-1, 1, 2, x.shape[-1]).unbind(2)  # each (B, 1, C)
+        return self.ln_wo_grad(x).mul(scale + 1).add(shift)
+
+
+def block_causal_mask(patch_nums: Sequence[int]) -> torch.Tensor:
+    """The attention bias of next-scale prediction: 0 where the key's scale ≤ the query's scale, -inf elsewhere.
+
+    A token sees every token of its own scale (all of one scale are predicted in parallel) and of all coarser
+    scales. Shape (1, 1, L, L). Figure 4 of the paper; official var.py:105-112.
+    """
+    level_L = torch.cat([torch.full((pn * pn,), k) for k, pn in enumerate(patch_nums)])  # (L,) scale id of each token
+    visible = level_L[:, None] >= level_L[None, :]  # (L, L) query row, key column
+    return torch.zeros(len(level_L), len(level_L)).masked_fill_(~visible, float("-inf"))[None, None]  # (1, 1, L, L)
+
+
+class VAR(nn.Module):
+    """Class-conditional next-scale prediction (official `VAR`)."""
+
+    def __init__(self, cfg: VARConfig = None):
+        super().__init__()
+        self.config = cfg = (cfg or VARConfig()).resolved()
+        C, V = cfg.width, cfg.vocab_size
+        self.patch_nums = tuple(cfg.patch_nums)
+        self.num_classes, self.num_scales = cfg.num_classes, len(self.patch_nums)
+        self.L = sum(pn * pn for pn in self.patch_nums)
+        # (start, end) of each scale in the flattened sequence, e.g. (0,1) (1,5) (5,14) ... for the 256px schedule
+        ends = torch.tensor([pn * pn for pn in self.patch_nums]).cumsum(0).tolist()
+        self.begin_ends = list(zip([0] + ends[:-1], ends))
+        init_std = math.sqrt(1 / C / 3)
+
+        # 1. input embeddings
+        self.word_embed = nn.Linear(cfg.code_dim, C)  # maps f̂ vectors (Cvae) to the width
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, C)  # row num_classes is the null class
+        self.pos_start = nn.Parameter(torch.empty(1, 1, C))  # added to the start (class) token
+        self.pos_1LC = nn.Parameter(torch.empty(1, self.L, C))  # absolute position of every token of every scale
+        nn.init.trunc_normal_(self.pos_start, std=init_std)
+        nn.init.trunc_normal_(self.pos_1LC, std=init_std)
+        self.lvl_embed = nn.Embedding(self.num_scales, C)  # which scale a token belongs to
+        # Persistent buffers, as the released checkpoints carry them (facts §5).
+        level_1L = torch.cat([torch.full((pn * pn,), k) for k, pn in enumerate(self.patch_nums)]).view(1, self.L)
+        self.register_buffer("lvl_1L", level_1L)  # (1, L) scale id of each position
+        self.register_buffer("attn_bias_for_masking", block_causal_mask(self.patch_nums))  # (1, 1, L, L)
+
+        # 2. transformer blocks
+        if cfg.shared_aln:
+            self.shared_ada_lin = nn.Sequential(nn.SiLU(inplace=False), SharedAdaLin(C, 6 * C))
+        drop_paths = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()  # linear 0 → max, block 0 gets 0
+        self.blocks = nn.ModuleList([AdaLNBlock(cfg, drop_paths[i]) for i in range(cfg.depth)])
+
+        # 3. output head
+        self.head_nm = AdaLNBeforeHead(C, cfg.norm_eps)
+        self.head = nn.Linear(C, V)
+        self.init_weights()
+
+    # ----------------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The official `VAR.init_weights` (facts §2.6): a small-logit, near-identity-block start.
+
+        Linear/Embedding weights ~ trunc_normal(√(1/3C)), biases 0; head ×init_head so the first loss is ≈ ln V;
+        attention/FFN output projections ÷√(2·depth) (GPT-2); AdaLN scale/shift rows ×init_adaln and gamma rows
+        ×init_adaln_gamma, so every block starts close to the identity. pos_start / pos_1LC keep their init.
+        """
+        cfg = self.config
+        std = cfg.init_std if cfg.init_std >= 0 else math.sqrt(1 / cfg.width / 3)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.Embedding):
+                nn.init.trunc_normal_(module.weight, std=std)
+        self.head.weight.mul_(cfg.init_head)
+        self.head.bias.zero_()
+        self.head_nm.ada_lin[-1].weight.mul_(cfg.init_adaln)
+        self.head_nm.ada_lin[-1].bias.zero_()
+        C = cfg.width
+        for block in self.blocks:
+            block.attn.proj.weight.div_(math.sqrt(2 * cfg.depth))
+            block.ffn.fc2.weight.div_(math.sqrt(2 * cfg.depth))
+            if cfg.shared_aln:
+                block.ada_gss.data[:, :, 2:].mul_(cfg.init_adaln)  # scale and shift
+                block.ada_gss.data[:, :, :2].mul_(cfg.init_adaln_gamma)  # gamma
+            else:
+                block.ada_lin[-1].weight[2 * C:].mul_(cfg.init_adaln)  # scale and shift rows
+                block.ada_lin[-1].weight[:2 * C].mul_(cfg.init_adaln_gamma)  # gamma rows
+                block.ada_lin[-1].bias.zero_()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "VAR":
+        """Build a named configuration (`VAR_PRESETS`), optionally changing some fields."""
+        if name not in VAR_PRESETS:
+            raise ValueError(f"unknown VAR preset {name!r}; choose one of {sorted(VAR_PRESETS)}")
+        return cls(VARConfig(**{**asdict(VAR_PRESETS[name]), **overrides}))
+
+    @classmethod
+    def from_official(cls, path_or_state_dict, vae=None) -> "VAR":
+        """Load a released `var_dN.pth` (or a state dict of that layout); depth, width, heads, shared AdaLN and
+        the scale schedule are read from the weights. With `vae`, check that the two fit together."""
+        from minvar.checkpoint import load_official_var
+        return load_official_var(path_or_state_dict, vae=vae)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    def check_labels(self, label_B: torch.Tensor) -> None:
+        """Class ids must be in [0, num_classes]; num_classes itself is the null (unconditional) class."""
+        if label_B.dtype not in (torch.int64, torch.int32) or label_B.ndim != 1:
+            raise ValueError(f"labels must be a 1-D integer tensor, got {label_B.dtype} of shape {tuple(label_B.shape)}")
+        if label_B.numel() and (label_B.min() < 0 or label_B.max() > self.num_classes):
+            raise ValueError(f"class ids must be in 0..{self.num_classes - 1} (or {self.num_classes} for the null "
+                             f"class), got values from {int(label_B.min())} to {int(label_B.max())}")
+
+    def condition(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        """What the blocks receive: the class vector, or the shared (B, 1, 6, C) modulation when shared_aln."""
+        return self.shared_ada_lin(cond_BD) if self.config.shared_aln else cond_BD
+
+    def get_logits(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        """Final AdaLN then the head, in fp32 (official `get_logits` casts around head_nm): (B, L, C) -> (B, L, V)."""
+        return self.head(self.head_nm(x_BLC.float(), cond_BD.float())).float()
+
+    def forward(self, label_B: torch.Tensor, x_BLCv: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced training forward: class ids (B,) and `VQVAE.idx_to_var_input` (B, L-1, Cvae) -> (B, L, V).
+
+        NOTE (differs from official VAR): labels are dropped to the null class only in training mode; the official
+        code drops them whenever cond_drop_rate > 0, so its eval-mode forward is random (facts §2.7).
+        """
+        self.check_labels(label_B)
+        B, L = x_BLCv.shape[0], x_BLCv.shape[1] + 1
+        if self.training and self.config.cond_drop_rate > 0:  # label dropout teaches the null class
+            drop = torch.rand(B, device=label_B.device) < self.config.cond_drop_rate
+            label_B = torch.where(drop, torch.full_like(label_B, self.num_classes), label_B)
+        cond_BD = self.class_emb(label_B)  # (B, C): the start token AND the AdaLN condition
+        start_B1C = cond_BD.unsqueeze(1) + self.pos_start  # (B, 1, C)
+        x_BLC = torch.cat((start_B1C, self.word_embed(x_BLCv.float())), dim=1)  # (B, L, C)
+        x_BLC = x_BLC + self.lvl_embed(self.lvl_1L[:, :L]) + self.pos_1LC[:, :L]  # (B, L, C)
+        attn_bias = self.attn_bias_for_masking[:, :, :L, :L]  # (1, 1, L, L) block-causal
+        cond = self.condition(cond_BD)
+        for block in self.blocks:
+            x_BLC = block(x_BLC, cond, attn_bias)
+        return self.get_logits(x_BLC, cond_BD)  # (B, L, V)
+
+    def forward_scale(self, scale_index: int, x_BlC: torch.Tensor, cond_BD: torch.Tensor,
+                      kv_caches: List[dict]) -> torch.Tensor:
+        """One step of KV-cached generation: the embedded inputs of ONE scale (B, l, C) -> its logits (B, l, V).
+
+        No mask is needed: the cache holds exactly the coarser scales, and within a scale every token sees every
+        other, which is what the block-causal mask allows. `kv_caches` is one dict per block, grown in place.
+        """
+        cond = self.condition(cond_BD)
+        for block, cache in zip(self.blocks, kv_caches):
+            x_BlC = block(x_BlC, cond, None, cache)
+        return self.get_logits(x_BlC, cond_BD)  # (B, l, V)
+
+    def embed_scale_input(self, scale_index: int, next_BlCv: torch.Tensor) -> torch.Tensor:
+        """word_embed + level + position embeddings of scale k's input (k ≥ 1): (B, l, Cvae) -> (B, l, C)."""
+        begin, end = self.begin_ends[scale_index]
+        position_1lC = self.lvl_embed(self.lvl_1L[:, begin:end]) + self.pos_1LC[:, begin:end]  # (1, l, C)
+        return self.word_embed(next_BlCv.float()) + position_1lC
+
+    def embed_start(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        """The input of the first scale: class vector + pos_start + level/position embedding: (B, C) -> (B, 1, C)."""
+        position_11C = self.lvl_embed(self.lvl_1L[:, :1]) + self.pos_1LC[:, :1]  # (1, 1, C)
+        return cond_BD.unsqueeze(1) + self.pos_start + position_11C
+
+    def parameter_groups(self, weight_decay: float) -> List[dict]:
+        """AdamW groups as the official trainer: no decay for 1-D tensors, biases, position/level embeddings,
+        temperatures, AdaLN offsets; decay for every matrix (class_emb, word_embed and head weights included)."""
+        no_decay_names = ("pos_start", "pos_1LC", "lvl_embed", "scale_mul", "ada_gss", "gamma", "beta")
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            skip = param.ndim == 1 or name.endswith("bias") or any(word in name for word in no_decay_names)
+            (no_decay if skip else decay).append(param)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

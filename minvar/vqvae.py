@@ -1,0 +1,301 @@
+"""The multi-scale VQVAE tokenizer of VAR: a convolutional encoder, the multi-scale quantizer, a decoder.
+
+Paper: Tian et al., "Visual Autoregressive Modeling", Section 3.2 ("a modified VQGAN architecture with a
+multi-scale quantization", 16× downsampling, V = 4096, shared codebook).
+Official counterpart: `models/vqvae.py` (VQVAE) and `models/basic_vae.py` (Encoder, Decoder and their blocks).
+The `"official"` preset has exactly the keys and shapes of the released `vae_ch160v4096z32.pth`.
+
+It differs from the LDM/taming VQGAN in three places (facts §1): one fused 1×1 `qkv` convolution in attention,
+3×3 (not 1×1) quant_conv / post_quant_conv, and an asymmetric zero-pad before the stride-2 downsampling conv.
+
+Shape legend: B batch, K number of scales, pn side of a scale's token map, Cvae codebook dimension (z_channels),
+V codebook size, H, W image size, h, w latent size (H / 2^(levels-1)).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minvar.quantizer import MultiScaleQuantizer
+
+
+@dataclass
+class VQVAEConfig:
+    vocab_size: int = 4096  # V: codebook entries, shared by all scales
+    code_dim: int = 32  # Cvae: channels of the latent map and of each code ("z_channels")
+    channels: int = 160  # base channel count of encoder and decoder ("ch")
+    channel_mult: Tuple[int, ...] = (1, 1, 2, 2, 4)  # channels per level; len-1 stride-2 stages set the downsampling
+    num_res_blocks: int = 2  # ResNet blocks per encoder level (the decoder uses one more)
+    dropout: float = 0.0  # dropout inside ResNet blocks (0 in the released VAE)
+    beta: float = 0.25  # commitment weight β of the quantizer loss
+    phi_ratio: float = 0.5  # r in Φ(h) = (1-r)·h + r·conv(h)
+    num_phis: int = 4  # Φ convolutions: 1 shared, 0 one per scale, 4 as the released VAE ("share_quant_resi")
+    patch_nums: Tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # sides of the K token maps, coarse to fine
+    image_size: int = 256  # H = W of the images the tokenizer is meant for
+    attention: bool = True  # self-attention at the lowest-resolution encoder/decoder level ("using_sa")
+    mid_attention: bool = True  # self-attention in the middle blocks ("using_mid_sa")
+
+    @property
+    def downsample(self) -> int:
+        """The image-to-latent factor: each level but the last halves the resolution."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+    def check(self) -> None:
+        """Fail early, with advice, on a scale schedule that does not fit the image size."""
+        latent = self.image_size // self.downsample
+        if self.image_size % self.downsample or self.patch_nums[-1] != latent:
+            raise ValueError(
+                f"scale schedule {tuple(self.patch_nums)} does not fit {self.image_size}px images: a "
+                f"{len(self.channel_mult)}-level VAE downsamples {self.downsample}×, giving a {latent}×{latent} "
+                f"latent, and the last scale must equal it. Change --image-size or the patch_nums.")
+        if self.channels % 32:
+            raise ValueError(f"channels={self.channels} must be a multiple of 32 (GroupNorm uses 32 groups)")
+
+
+# Named configurations. "official" is the released vae_ch160v4096z32 (108.9M parameters); the others are for CPUs.
+VQVAE_PRESETS = {
+    "official": VQVAEConfig(),
+    "official-512": VQVAEConfig(patch_nums=(1, 2, 3, 4, 6, 9, 13, 18, 24, 32), image_size=512),
+    # The quickstart tokenizer: 32px images, 4× downsampling to an 8×8 latent, 6 scales (L = 130 tokens).
+    "tiny": VQVAEConfig(vocab_size=512, code_dim=16, channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                        patch_nums=(1, 2, 3, 4, 6, 8), image_size=32),
+    # Same layout as the fixture in ../shared/fixtures/official_var_tiny (ch=32 instead of 160).
+    "official-ch32": VQVAEConfig(channels=32),
+}
+
+
+def Normalize(channels: int) -> nn.GroupNorm:
+    """GroupNorm(32, eps=1e-6, affine), as every LDM-family VAE."""
+    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    """norm → SiLU → conv3×3 → norm → SiLU → dropout → conv3×3, plus a (1×1 when channels change) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float):
+        super().__init__()
+        self.norm1, self.conv1 = Normalize(in_channels), nn.Conv2d(in_channels, out_channels, 3, 1, 1)
+        self.norm2, self.conv2 = Normalize(out_channels), nn.Conv2d(out_channels, out_channels, 3, 1, 1)
+        self.dropout = nn.Dropout(dropout) if dropout > 1e-6 else nn.Identity()
+        self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.nin_shortcut(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the H·W positions, with ONE fused 1×1 qkv conv (official basic_vae.py)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = Normalize(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).unbind(1)  # each (B, C, H*W)
+        q, k, v = (t.transpose(1, 2).unsqueeze(1) for t in (q, k, v))  # each (B, 1, H*W, C): one head
+        h = F.scaled_dot_product_attention(q, k, v, scale=C ** -0.5)  # (B, 1, H*W, C)
+        h = h.squeeze(1).transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
+        return x + self.proj_out(h)
+
+
+class Downsample(nn.Module):
+    """Zero-pad right and bottom by one pixel, then a stride-2 3×3 conv (asymmetric, as LDM's encoder)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # (B, C, H/2, W/2)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour ×2, then a 3×3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))  # (B, C, 2H, 2W)
+
+
+class Level(nn.Module):
+    """One resolution level: ResNet blocks (each followed by attention at the lowest level), then a resampler.
+
+    A plain container so that the state_dict keys read `down.{i}.block.{j}`, `up.{i}.attn.{j}`, `down.{i}.downsample`.
+    """
+
+
+class Middle(nn.Module):
+    """Res → Attn → Res at the lowest resolution (keys `mid.block_1`, `mid.attn_1`, `mid.block_2`)."""
+
+    def __init__(self, channels: int, dropout: float, attention: bool):
+        super().__init__()
+        self.block_1 = ResnetBlock(channels, channels, dropout)
+        self.attn_1 = AttnBlock(channels) if attention else nn.Identity()
+        self.block_2 = ResnetBlock(channels, channels, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block_2(self.attn_1(self.block_1(x)))
+
+
+class Encoder(nn.Module):
+    """Image (B, 3, H, W) in [-1, 1] -> latent (B, Cvae, h, w) (before quant_conv)."""
+
+    def __init__(self, cfg: VQVAEConfig):
+        super().__init__()
+        ch, mult = cfg.channels, cfg.channel_mult
+        self.conv_in = nn.Conv2d(3, ch, 3, 1, 1)
+        self.down = nn.ModuleList()
+        block_in = ch
+        for level, m in enumerate(mult):
+            stage, block_out = Level(), ch * m
+            stage.block = nn.ModuleList()
+            stage.attn = nn.ModuleList()
+            for _ in range(cfg.num_res_blocks):
+                stage.block.append(ResnetBlock(block_in, block_out, cfg.dropout))
+                block_in = block_out
+                if level == len(mult) - 1 and cfg.attention:  # attention only at the lowest resolution
+                    stage.attn.append(AttnBlock(block_in))
+            if level != len(mult) - 1:
+                stage.downsample = Downsample(block_in)
+            self.down.append(stage)
+        self.mid = Middle(block_in, cfg.dropout, cfg.mid_attention)
+        self.norm_out = Normalize(block_in)
+        self.conv_out = nn.Conv2d(block_in, cfg.code_dim, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)  # (B, ch, H, W)
+        for stage in self.down:
+            for j, block in enumerate(stage.block):
+                h = block(h)
+                if len(stage.attn):
+                    h = stage.attn[j](h)
+            if hasattr(stage, "downsample"):
+                h = stage.downsample(h)  # halves H and W
+        h = self.mid(h)  # (B, ch·mult[-1], h, w)
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, Cvae, h, w)
+
+
+class Decoder(nn.Module):
+    """Latent (B, Cvae, h, w) (after post_quant_conv) -> image (B, 3, H, W), NOT squashed: callers clamp."""
+
+    def __init__(self, cfg: VQVAEConfig):
+        super().__init__()
+        ch, mult = cfg.channels, cfg.channel_mult
+        block_in = ch * mult[-1]
+        self.conv_in = nn.Conv2d(cfg.code_dim, block_in, 3, 1, 1)
+        self.mid = Middle(block_in, cfg.dropout, cfg.mid_attention)
+        levels = []
+        for level in reversed(range(len(mult))):  # from the lowest resolution up
+            stage, block_out = Level(), ch * mult[level]
+            stage.block = nn.ModuleList()
+            stage.attn = nn.ModuleList()
+            for _ in range(cfg.num_res_blocks + 1):
+                stage.block.append(ResnetBlock(block_in, block_out, cfg.dropout))
+                block_in = block_out
+                if level == len(mult) - 1 and cfg.attention:
+                    stage.attn.append(AttnBlock(block_in))
+            if level != 0:
+                stage.upsample = Upsample(block_in)
+            levels.insert(0, stage)  # index by level, so `up.{last}` is the lowest resolution (official layout)
+        self.up = nn.ModuleList(levels)
+        self.norm_out = Normalize(block_in)
+        self.conv_out = nn.Conv2d(block_in, 3, 3, 1, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.mid(self.conv_in(z))  # (B, ch·mult[-1], h, w)
+        for stage in reversed(self.up):
+            for j, block in enumerate(stage.block):
+                h = block(h)
+                if len(stage.attn):
+                    h = stage.attn[j](h)
+            if hasattr(stage, "upsample"):
+                h = stage.upsample(h)  # doubles H and W
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, H, W)
+
+
+class VQVAE(nn.Module):
+    """The tokenizer: image <-> K token maps (official `VQVAE`). Images are (B, 3, H, W) in [-1, 1]."""
+
+    def __init__(self, cfg: VQVAEConfig = None):
+        super().__init__()
+        self.config = cfg = cfg or VQVAEConfig()
+        cfg.check()
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.quantize = MultiScaleQuantizer(cfg.vocab_size, cfg.code_dim, cfg.patch_nums, cfg.beta,
+                                            cfg.phi_ratio, cfg.num_phis)
+        # 3×3 here where LDM uses 1×1 (official vqvae.py:87-88)
+        self.quant_conv = nn.Conv2d(cfg.code_dim, cfg.code_dim, 3, 1, 1)
+        self.post_quant_conv = nn.Conv2d(cfg.code_dim, cfg.code_dim, 3, 1, 1)
+
+    @property
+    def patch_nums(self) -> Tuple[int, ...]:
+        return self.quantize.patch_nums
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "VQVAE":
+        """Build a named configuration (`VQVAE_PRESETS`), optionally changing some fields."""
+        if name not in VQVAE_PRESETS:
+            raise ValueError(f"unknown VQVAE preset {name!r}; choose one of {sorted(VQVAE_PRESETS)}")
+        return cls(VQVAEConfig(**{**asdict(VQVAE_PRESETS[name]), **overrides}))
+
+    @classmethod
+    def from_official(cls, path_or_state_dict, patch_nums: Sequence[int] = None) -> "VQVAE":
+        """Load the released `vae_ch160v4096z32.pth` (or any state dict of that layout); the architecture is
+        read from the weights. Pass the 512px `patch_nums` to use it with VAR-d36."""
+        from minvar.checkpoint import load_official_vqvae
+        return load_official_vqvae(path_or_state_dict, patch_nums=patch_nums)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    def encode_latent(self, img_B3HW: torch.Tensor) -> torch.Tensor:
+        """Image -> continuous latent f = quant_conv(encoder(img)): (B, 3, H, W) -> (B, Cvae, h, w)."""
+        if img_B3HW.ndim != 4 or img_B3HW.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(img_B3HW.shape)}")
+        side = self.patch_nums[-1] * self.config.downsample
+        if img_B3HW.shape[-1] != side or img_B3HW.shape[-2] != side:
+            raise ValueError(
+                f"images are {tuple(img_B3HW.shape[-2:])} but this tokenizer's scale schedule {self.patch_nums} "
+                f"needs {side}×{side} (last scale {self.patch_nums[-1]} × downsample {self.config.downsample}); "
+                f"resize or crop the images first")
+        return self.quant_conv(self.encoder(img_B3HW))
+
+    def fhat_to_img(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
+        """Decoder path: f̂ -> image in [-1, 1], (B, Cvae, h, w) -> (B, 3, H, W). Clamped, not tanh'ed (official)."""
+        return self.decoder(self.post_quant_conv(f_hat_BChw)).clamp(-1, 1)
+
+    @torch.no_grad()
+    def img_to_idx(self, img_B3HW: torch.Tensor) -> List[torch.Tensor]:
+        """Algorithm 1: images -> list of K LongTensors (B, pn²), row-major within a scale."""
+        return self.quantize.encode(self.encode_latent(img_B3HW))[0]
+
+    def idx_to_fhat(self, idx: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Algorithm 2 up to the latent: K token maps -> f̂ (B, Cvae, h, w)."""
+        return self.quantize.decode(idx)
+
+    def idx_to_img(self, idx: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Algorithm 2: K token maps -> image (B, 3, H, W) in [-1, 1]."""
+        return self.fhat_to_img(self.idx_to_fhat(idx))
+
+    def idx_to_var_input(self, idx: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Teacher-forcing input of the transformer: (B, L - pn_1², Cvae) (see the quantizer)."""
+        return self.quantize.idx_to_var_input(idx)
+
+    def forward(self, img_B3HW: torch.Tensor):
+        """Training pass: returns (reconstruction, vq loss, tokens per scale).
+
+        The reconstruction is NOT clamped here so that pixel losses keep their gradient near ±1.
+        """
+        f_hat, vq_loss, idx = self.quantize(self.encode_latent(img_B3HW))
+        return self.decoder(self.post_quant_conv(f_hat)), vq_loss, idx
