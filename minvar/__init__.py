@@ -9,3 +9,6 @@ __version__ = "0.1.0"
 
 from minvar.quantizer import MultiScaleQuantizer
 from minvar.vqvae import VQVAE, VQVAEConfig
+from minvar.var import VAR, VARConfig
+from minvar.sampling import box_keep_mask, edit, generate
+from minvar.checkpoint import CheckpointError, load_tokenizer, load_var

@@ -1,0 +1,224 @@
+"""Checkpoints: the released official weights, and minvar's own self-describing run checkpoints.
+
+A checkpoint is untrusted input: every file is read with `torch.load(..., weights_only=True)`, so loading never
+runs code, and every problem (wrong kind of file, missing or unexpected keys, a shape that disagrees) is reported
+in words that say what to do, never as a raw PyTorch traceback.
+
+Official files (facts §5): `vae_ch160v4096z32.pth` and `var_d{16,20,24,30,36}.pth` are plain state dicts. The VAR
+ones carry the buffers `lvl_1L`, `attn_bias_for_masking` and `blocks.*.attn.zero_k_bias`; minvar registers the same
+persistent buffers, so they load strictly with no key left over. The architecture is read from the weights.
+
+minvar run checkpoints are one dict: {"kind", "config", "model", "optimizer", "step", "class_names",
+"minvar_version", ...}, written atomically (temporary file, then rename), so a kill during a save never leaves a
+broken latest checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, fields
+from typing import Any, Dict, Sequence
+
+import torch
+
+from minvar.var import SCHEDULE_256, VAR, VARConfig
+from minvar.vqvae import VQVAE, VQVAEConfig
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used as asked, with the reason and the remedy in the message."""
+
+
+def read_file(path_or_state_dict) -> Dict[str, Any]:
+    """Load a checkpoint dict safely (weights_only=True, on CPU), or pass a dict through."""
+    if isinstance(path_or_state_dict, dict):
+        return path_or_state_dict
+    path = os.fspath(path_or_state_dict)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist (or is not a file)")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle errors, truncated files, non-tensor objects refused by weights_only
+        raise CheckpointError(f"cannot read {path!r} as a PyTorch checkpoint ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0][:200]}); is the file complete and a .pth/.pt file?")
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path!r} holds a {type(data).__name__}, not a state dict or checkpoint dict")
+    return data
+
+
+def kind_of_state_dict(state_dict: Dict[str, Any]) -> str:
+    """'vqvae', 'var' or 'unknown', from the key names alone."""
+    if "quantize.embedding.weight" in state_dict or any(k.startswith("encoder.") for k in state_dict):
+        return "vqvae"
+    if "class_emb.weight" in state_dict and "head.weight" in state_dict:
+        return "var"
+    return "unknown"
+
+
+def strict_load(model: torch.nn.Module, state_dict: Dict[str, Any], what: str) -> None:
+    """`load_state_dict(strict=True)`, with a readable report of the first problems instead of a wall of keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{what}: the weights do not match the architecture. {len(missing)} missing key(s) "
+            f"{missing[:5]}{' ...' if len(missing) > 5 else ''}; {len(unexpected)} unexpected key(s) "
+            f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    for key, tensor in expected.items():
+        if tuple(state_dict[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(f"{what}: {key!r} has shape {tuple(state_dict[key].shape)} in the file but "
+                                  f"{tuple(tensor.shape)} in the model built from it")
+    model.load_state_dict(state_dict, strict=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# official weights
+def infer_vqvae_config(state_dict: Dict[str, Any], patch_nums: Sequence[int] = None) -> VQVAEConfig:
+    """Read the tokenizer's architecture from an official-layout state dict."""
+    vocab_size, code_dim = state_dict["quantize.embedding.weight"].shape
+    channels = state_dict["encoder.conv_in.weight"].shape[0]
+    levels = sorted({int(k.split(".")[2]) for k in state_dict if k.startswith("encoder.down.")})
+    channel_mult = tuple(state_dict[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // channels for i in levels)
+    num_res_blocks = len({k.split(".")[4] for k in state_dict if k.startswith("encoder.down.0.block.")})
+    num_phis = len({k.split(".")[3] for k in state_dict if k.startswith("quantize.quant_resi.qresi_ls.")})
+    latent = 2 ** (len(channel_mult) - 1)
+    if patch_nums is None:
+        patch_nums = SCHEDULE_256 if "quantize.ema_vocab_hit_SV" not in state_dict or \
+            state_dict["quantize.ema_vocab_hit_SV"].shape[0] == len(SCHEDULE_256) else None
+        if patch_nums is None:
+            raise CheckpointError("cannot tell the scale schedule of this VQVAE: pass patch_nums=...")
+    return VQVAEConfig(vocab_size=vocab_size, code_dim=code_dim, channels=channels, channel_mult=channel_mult,
+                       num_res_blocks=num_res_blocks, num_phis=num_phis, patch_nums=tuple(patch_nums),
+                       image_size=patch_nums[-1] * latent,
+                       attention=any(".attn." in k for k in state_dict if k.startswith("encoder.down.")),
+                       mid_attention="encoder.mid.attn_1.qkv.weight" in state_dict)
+
+
+def load_official_vqvae(path_or_state_dict, patch_nums: Sequence[int] = None) -> VQVAE:
+    """Build a VQVAE from an official-layout state dict (e.g. vae_ch160v4096z32.pth) and load it strictly.
+
+    The released VAE is frozen and in eval mode, as the official `test_mode=True`.
+    """
+    state_dict = dict(read_file(path_or_state_dict))
+    kind = kind_of_state_dict(state_dict)
+    if kind != "vqvae":
+        hint = " It looks like a VAR transformer: load it with VAR.from_official." if kind == "var" else ""
+        raise CheckpointError(f"this is not a VQVAE state dict (no encoder/quantizer keys).{hint}")
+    cfg = infer_vqvae_config(state_dict, patch_nums)
+    vae = VQVAE(cfg)
+    hits = state_dict.get("quantize.ema_vocab_hit_SV")
+    if hits is not None and hits.shape[0] != len(cfg.patch_nums):
+        # The same VAE serves the 10-scale 256px and 512px schedules; its usage statistics follow the schedule
+        # it was trained with. Keep the model's own buffer, as the official load_state_dict does.
+        state_dict["quantize.ema_vocab_hit_SV"] = vae.quantize.ema_vocab_hit_SV
+    strict_load(vae, state_dict, "VQVAE")
+    vae.eval().requires_grad_(False)
+    return vae
+
+
+def infer_var_config(state_dict: Dict[str, Any]) -> VARConfig:
+    """Read the transformer's architecture from an official-layout state dict."""
+    depth = len({k.split(".")[1] for k in state_dict if k.startswith("blocks.")})
+    width = state_dict["pos_start"].shape[-1]
+    num_heads = state_dict["blocks.0.attn.scale_mul_1H11"].shape[1] if "blocks.0.attn.scale_mul_1H11" in \
+        state_dict else width // 64
+    level_L = state_dict["lvl_1L"].flatten() if "lvl_1L" in state_dict else None
+    if level_L is None:
+        raise CheckpointError("the VAR state dict has no 'lvl_1L' buffer, so its scale schedule is unknown")
+    counts = torch.bincount(level_L).tolist()  # tokens per scale = pn²
+    patch_nums = tuple(int(round(c ** 0.5)) for c in counts)
+    if any(pn * pn != c for pn, c in zip(patch_nums, counts)):
+        raise CheckpointError(f"'lvl_1L' gives non-square scale sizes {counts}")
+    fc1 = state_dict["blocks.0.ffn.fc1.weight"].shape[0]
+    return VARConfig(depth=depth, width=width, num_heads=num_heads, mlp_ratio=fc1 / width,
+                     num_classes=state_dict["class_emb.weight"].shape[0] - 1,
+                     vocab_size=state_dict["head.weight"].shape[0], code_dim=state_dict["word_embed.weight"].shape[1],
+                     patch_nums=patch_nums, shared_aln="shared_ada_lin.1.weight" in state_dict,
+                     attn_l2_norm="blocks.0.attn.scale_mul_1H11" in state_dict)
+
+
+def load_official_var(path_or_state_dict, vae: VQVAE = None) -> VAR:
+    """Build a VAR from an official-layout state dict (var_dN.pth) and load it strictly (buffers included)."""
+    state_dict = read_file(path_or_state_dict)
+    kind = kind_of_state_dict(state_dict)
+    if kind != "var":
+        hint = " It looks like the VQVAE tokenizer: load it with VQVAE.from_official." if kind == "vqvae" else ""
+        raise CheckpointError(f"this is not a VAR state dict (no class_emb/head keys).{hint}")
+    var = VAR(infer_var_config(state_dict))
+    strict_load(var, state_dict, "VAR")
+    var.eval()
+    if vae is not None:
+        from minvar.sampling import check_pair
+        check_pair(var, vae)
+    return var
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# minvar run checkpoints
+def save_checkpoint(path: str, kind: str, model: torch.nn.Module, config, step: int, class_names=None,
+                    optimizer=None, **extra) -> None:
+    """Write one self-describing checkpoint atomically: a temporary file in the same folder, then `os.replace`."""
+    import minvar
+    payload = {"kind": kind, "minvar_version": minvar.__version__, "config": asdict(config),
+               "model": model.state_dict(), "step": int(step), "class_names": list(class_names or []),
+               "optimizer": optimizer.state_dict() if optimizer is not None else None, **extra}
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(payload, file)
+        os.replace(temporary, path)  # atomic on POSIX and Windows: readers see the old or the new file, never half
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def load_checkpoint(path_or_dict, kind: str) -> Dict[str, Any]:
+    """Read a minvar checkpoint of the given kind ('minvar-tokenizer' or 'minvar-var'), with clear errors."""
+    data = read_file(path_or_dict)
+    where = path_or_dict if isinstance(path_or_dict, (str, os.PathLike)) else "the checkpoint"
+    found = data.get("kind")
+    if found is None:
+        guess = kind_of_state_dict(data)
+        raise CheckpointError(f"{where} is not a minvar checkpoint (no 'kind' field)" +
+                              (f"; it looks like an official {guess} state dict: use from_official" if guess != "unknown" else ""))
+    if found != kind:
+        raise CheckpointError(f"{where} is a {found!r} checkpoint, but a {kind!r} one is needed here")
+    return data
+
+
+def config_from_dict(config_class, values: Dict[str, Any]):
+    """Rebuild a config dataclass, refusing fields this version does not know (a mismatched config)."""
+    known = {f.name for f in fields(config_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise CheckpointError(f"the checkpoint's {config_class.__name__} has fields {unknown} that this minvar "
+                              f"version does not know; was it written by another version?")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return config_class(**values)
+
+
+def load_tokenizer(path_or_dict) -> VQVAE:
+    """A minvar tokenizer checkpoint, or an official VQVAE state dict, -> a frozen VQVAE in eval mode."""
+    data = read_file(path_or_dict)
+    if "kind" not in data and kind_of_state_dict(data) == "vqvae":
+        return load_official_vqvae(data)
+    data = load_checkpoint(path_or_dict if "kind" not in data else data, "minvar-tokenizer")
+    vae = VQVAE(config_from_dict(VQVAEConfig, data["config"]))
+    strict_load(vae, data.get("ema_model") or data["model"], "VQVAE")
+    return vae.eval().requires_grad_(False)
+
+
+def load_var(path_or_dict, use_ema: bool = True) -> VAR:
+    """A minvar VAR checkpoint (its EMA weights if present and `use_ema`) or an official one -> VAR in eval mode."""
+    data = read_file(path_or_dict)
+    if "kind" not in data and kind_of_state_dict(data) == "var":
+        return load_official_var(data)
+    data = load_checkpoint(path_or_dict if "kind" not in data else data, "minvar-var")
+    var = VAR(config_from_dict(VARConfig, data["config"]))
+    weights = data["ema_model"] if use_ema and data.get("ema_model") is not None else data["model"]
+    strict_load(var, weights, "VAR")
+    return var.eval()

@@ -1,0 +1,48 @@
+"""Shared test fixtures: the official tiny models from ../shared, and tiny random minvar models."""
+import os
+import pathlib
+
+import pytest
+import torch
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("MINVAR_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures" / "official_var_tiny"
+OFFICIAL_KEYS = SHARED / "reference" / "official_keys"
+
+
+def require(path: pathlib.Path) -> pathlib.Path:
+    """Skip (loudly, with the reason) when the shared reference data is not beside the checkout."""
+    if not path.exists():
+        pytest.skip(f"{path} not found: the parity data lives in ../shared (or set MINVAR_SHARED)")
+    return path
+
+
+def load_fixture(name: str):
+    return torch.load(require(FIXTURES / name), map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def official_tiny():
+    """(vae, var) of the official tiny fixture, loaded through minvar's official-checkpoint path."""
+    from minvar import VAR, VQVAE
+    vae = VQVAE.from_official(require(FIXTURES / "vae_state_dict.pt"))
+    var = VAR.from_official(require(FIXTURES / "var_state_dict.pt"), vae=vae)
+    return vae, var
+
+
+@pytest.fixture(scope="session")
+def fixture_images():
+    """The fixture's two 256px input images in [-1, 1], rebuilt as its README says."""
+    inputs = load_fixture("inputs.pt")
+    return inputs["img_u8_B3HW"].float() / 255 * 2 - 1
+
+
+@pytest.fixture()
+def tiny_pair():
+    """A tiny random tokenizer and transformer that fit together (CPU-fast)."""
+    from minvar import VAR, VQVAE
+    torch.manual_seed(0)
+    vae = VQVAE.from_preset("tiny").eval()
+    var = VAR.from_preset("tiny", num_classes=10).eval()
+    return vae, var
