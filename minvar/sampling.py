@@ -99,7 +99,7 @@ def sample_scales(var, vae, label_B: torch.Tensor, cfg: float = 1.5, top_k: int 
 
     With `forced_idx` and `keep_mask_Bhw` (editing), after sampling each scale the code vectors under the keep-mask
     are replaced by those of `forced_idx` BEFORE they enter f̂, so every later scale is conditioned on the known
-    content (the official edit demo). The returned tokens are the model's own samples, before replacement.
+    content (the official edit demo). The returned tokens are those f̂ is made of: the source's under the mask.
     """
     B, K = label_B.shape[0], var.num_scales
     quantizer = vae.quantize
@@ -128,6 +128,7 @@ def sample_scales(var, vae, label_B: torch.Tensor, cfg: float = 1.5, top_k: int 
         if forced_idx is not None:  # editing: keep the source image's codes under the mask
             keep_Bl1 = scale_keep_mask(keep_mask_Bhw, pn)  # (B, l, 1)
             h_BlC = quantizer.embedding(forced_idx[k]) * keep_Bl1 + h_BlC * (1 - keep_Bl1)
+            idx_Bl = torch.where(keep_Bl1[..., 0].bool(), forced_idx[k], idx_Bl)  # the tokens f̂ is made of
         f_hat, next_BlCv = quantizer.next_scale_input(k, f_hat, h_BlC)  # both halves share the conditional f̂
         tokens.append(idx_Bl)
         f_hats.append(f_hat)

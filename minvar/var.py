@@ -18,6 +18,7 @@ Cvae codebook dim, V codebook size.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -226,7 +227,7 @@ class VAR(nn.Module):
         self.num_classes, self.num_scales = cfg.num_classes, len(self.patch_nums)
         self.L = sum(pn * pn for pn in self.patch_nums)
         # (start, end) of each scale in the flattened sequence, e.g. (0,1) (1,5) (5,14) ... for the 256px schedule
-        ends = torch.tensor([pn * pn for pn in self.patch_nums]).cumsum(0).tolist()
+        ends = list(itertools.accumulate(pn * pn for pn in self.patch_nums))
         self.begin_ends = list(zip([0] + ends[:-1], ends))
         init_std = math.sqrt(1 / C / 3)
 
@@ -246,7 +247,8 @@ class VAR(nn.Module):
         # 2. transformer blocks
         if cfg.shared_aln:
             self.shared_ada_lin = nn.Sequential(nn.SiLU(inplace=False), SharedAdaLin(C, 6 * C))
-        drop_paths = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()  # linear 0 → max, block 0 gets 0
+        # linear 0 → max over the blocks (block 0 gets 0), as torch.linspace; in Python so it also works on 'meta'
+        drop_paths = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList([AdaLNBlock(cfg, drop_paths[i]) for i in range(cfg.depth)])
 
         # 3. output head
