@@ -321,17 +321,22 @@ class VAR(nn.Module):
         """Final AdaLN then the head, in fp32 (official `get_logits` casts around head_nm): (B, L, C) -> (B, L, V)."""
         return self.head(self.head_nm(x_BLC.float(), cond_BD.float())).float()
 
-    def forward(self, label_B: torch.Tensor, x_BLCv: torch.Tensor) -> torch.Tensor:
+    def forward(self, label_B: torch.Tensor, x_BLCv: torch.Tensor,
+                drop_mask_B: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Teacher-forced training forward: class ids (B,) and `VQVAE.idx_to_var_input` (B, L-1, Cvae) -> (B, L, V).
 
-        NOTE (differs from official VAR): labels are dropped to the null class only in training mode; the official
-        code drops them whenever cond_drop_rate > 0, so its eval-mode forward is random (facts §2.7).
+        Label dropout (which teaches the null class the unconditional model used by guidance) replaces the labels
+        where `drop_mask_B` is True; without a mask, it is drawn with probability cond_drop_rate in training mode.
+        The training script passes its own mask, drawn from a per-step generator, so that runs resume exactly.
+        NOTE (differs from official VAR): no label is dropped in eval mode; the official code drops them whenever
+        cond_drop_rate > 0, so its eval-mode forward is random (facts §2.7).
         """
         self.check_labels(label_B)
         B, L = x_BLCv.shape[0], x_BLCv.shape[1] + 1
-        if self.training and self.config.cond_drop_rate > 0:  # label dropout teaches the null class
-            drop = torch.rand(B, device=label_B.device) < self.config.cond_drop_rate
-            label_B = torch.where(drop, torch.full_like(label_B, self.num_classes), label_B)
+        if drop_mask_B is None and self.training and self.config.cond_drop_rate > 0:
+            drop_mask_B = torch.rand(B, device=label_B.device) < self.config.cond_drop_rate
+        if drop_mask_B is not None:
+            label_B = torch.where(drop_mask_B, torch.full_like(label_B, self.num_classes), label_B)
         cond_BD = self.class_emb(label_B)  # (B, C): the start token AND the AdaLN condition
         start_B1C = cond_BD.unsqueeze(1) + self.pos_start  # (B, 1, C)
         x_BLC = torch.cat((start_B1C, self.word_embed(x_BLCv.float())), dim=1)  # (B, L, C)
@@ -375,4 +380,5 @@ class VAR(nn.Module):
                 continue
             skip = param.ndim == 1 or name.endswith("bias") or any(word in name for word in no_decay_names)
             (no_decay if skip else decay).append(param)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return [{"params": decay, "weight_decay": weight_decay, "decay": True},
+                {"params": no_decay, "weight_decay": 0.0, "decay": False}]

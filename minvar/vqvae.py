@@ -38,6 +38,7 @@ class VQVAEConfig:
     image_size: int = 256  # H = W of the images the tokenizer is meant for
     attention: bool = True  # self-attention at the lowest-resolution encoder/decoder level ("using_sa")
     mid_attention: bool = True  # self-attention in the middle blocks ("using_mid_sa")
+    norm_groups: int = 32  # GroupNorm groups (32 officially; fewer lets CPU-sized models have 16 channels)
 
     @property
     def downsample(self) -> int:
@@ -52,8 +53,8 @@ class VQVAEConfig:
                 f"scale schedule {tuple(self.patch_nums)} does not fit {self.image_size}px images: a "
                 f"{len(self.channel_mult)}-level VAE downsamples {self.downsample}×, giving a {latent}×{latent} "
                 f"latent, and the last scale must equal it. Change --image-size or the patch_nums.")
-        if self.channels % 32:
-            raise ValueError(f"channels={self.channels} must be a multiple of 32 (GroupNorm uses 32 groups)")
+        if self.channels % self.norm_groups:
+            raise ValueError(f"channels={self.channels} must be a multiple of norm_groups={self.norm_groups}")
 
 
 # Named configurations. "official" is the released vae_ch160v4096z32 (108.9M parameters); the others are for CPUs.
@@ -61,25 +62,25 @@ VQVAE_PRESETS = {
     "official": VQVAEConfig(),
     "official-512": VQVAEConfig(patch_nums=(1, 2, 3, 4, 6, 9, 13, 18, 24, 32), image_size=512),
     # The quickstart tokenizer: 32px images, 4× downsampling to an 8×8 latent, 6 scales (L = 130 tokens).
-    "tiny": VQVAEConfig(vocab_size=512, code_dim=16, channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                        patch_nums=(1, 2, 3, 4, 6, 8), image_size=32),
+    "tiny": VQVAEConfig(vocab_size=512, code_dim=16, channels=16, channel_mult=(1, 2, 4), num_res_blocks=1,
+                        patch_nums=(1, 2, 3, 4, 6, 8), image_size=32, norm_groups=8),
     # Same layout as the fixture in ../shared/fixtures/official_var_tiny (ch=32 instead of 160).
     "official-ch32": VQVAEConfig(channels=32),
 }
 
 
-def Normalize(channels: int) -> nn.GroupNorm:
-    """GroupNorm(32, eps=1e-6, affine), as every LDM-family VAE."""
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+def Normalize(channels: int, groups: int) -> nn.GroupNorm:
+    """GroupNorm(32 groups officially, eps=1e-6, affine), as every LDM-family VAE."""
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
     """norm → SiLU → conv3×3 → norm → SiLU → dropout → conv3×3, plus a (1×1 when channels change) shortcut."""
 
-    def __init__(self, in_channels: int, out_channels: int, dropout: float):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float, groups: int):
         super().__init__()
-        self.norm1, self.conv1 = Normalize(in_channels), nn.Conv2d(in_channels, out_channels, 3, 1, 1)
-        self.norm2, self.conv2 = Normalize(out_channels), nn.Conv2d(out_channels, out_channels, 3, 1, 1)
+        self.norm1, self.conv1 = Normalize(in_channels, groups), nn.Conv2d(in_channels, out_channels, 3, 1, 1)
+        self.norm2, self.conv2 = Normalize(out_channels, groups), nn.Conv2d(out_channels, out_channels, 3, 1, 1)
         self.dropout = nn.Dropout(dropout) if dropout > 1e-6 else nn.Identity()
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
@@ -92,9 +93,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over the H·W positions, with ONE fused 1×1 qkv conv (official basic_vae.py)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, groups: int):
         super().__init__()
-        self.norm = Normalize(channels)
+        self.norm = Normalize(channels, groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
@@ -139,11 +140,11 @@ class Level(nn.Module):
 class Middle(nn.Module):
     """Res → Attn → Res at the lowest resolution (keys `mid.block_1`, `mid.attn_1`, `mid.block_2`)."""
 
-    def __init__(self, channels: int, dropout: float, attention: bool):
+    def __init__(self, channels: int, dropout: float, attention: bool, groups: int):
         super().__init__()
-        self.block_1 = ResnetBlock(channels, channels, dropout)
-        self.attn_1 = AttnBlock(channels) if attention else nn.Identity()
-        self.block_2 = ResnetBlock(channels, channels, dropout)
+        self.block_1 = ResnetBlock(channels, channels, dropout, groups)
+        self.attn_1 = AttnBlock(channels, groups) if attention else nn.Identity()
+        self.block_2 = ResnetBlock(channels, channels, dropout, groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block_2(self.attn_1(self.block_1(x)))
@@ -163,15 +164,15 @@ class Encoder(nn.Module):
             stage.block = nn.ModuleList()
             stage.attn = nn.ModuleList()
             for _ in range(cfg.num_res_blocks):
-                stage.block.append(ResnetBlock(block_in, block_out, cfg.dropout))
+                stage.block.append(ResnetBlock(block_in, block_out, cfg.dropout, cfg.norm_groups))
                 block_in = block_out
                 if level == len(mult) - 1 and cfg.attention:  # attention only at the lowest resolution
-                    stage.attn.append(AttnBlock(block_in))
+                    stage.attn.append(AttnBlock(block_in, cfg.norm_groups))
             if level != len(mult) - 1:
                 stage.downsample = Downsample(block_in)
             self.down.append(stage)
-        self.mid = Middle(block_in, cfg.dropout, cfg.mid_attention)
-        self.norm_out = Normalize(block_in)
+        self.mid = Middle(block_in, cfg.dropout, cfg.mid_attention, cfg.norm_groups)
+        self.norm_out = Normalize(block_in, cfg.norm_groups)
         self.conv_out = nn.Conv2d(block_in, cfg.code_dim, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -195,22 +196,22 @@ class Decoder(nn.Module):
         ch, mult = cfg.channels, cfg.channel_mult
         block_in = ch * mult[-1]
         self.conv_in = nn.Conv2d(cfg.code_dim, block_in, 3, 1, 1)
-        self.mid = Middle(block_in, cfg.dropout, cfg.mid_attention)
+        self.mid = Middle(block_in, cfg.dropout, cfg.mid_attention, cfg.norm_groups)
         levels = []
         for level in reversed(range(len(mult))):  # from the lowest resolution up
             stage, block_out = Level(), ch * mult[level]
             stage.block = nn.ModuleList()
             stage.attn = nn.ModuleList()
             for _ in range(cfg.num_res_blocks + 1):
-                stage.block.append(ResnetBlock(block_in, block_out, cfg.dropout))
+                stage.block.append(ResnetBlock(block_in, block_out, cfg.dropout, cfg.norm_groups))
                 block_in = block_out
                 if level == len(mult) - 1 and cfg.attention:
-                    stage.attn.append(AttnBlock(block_in))
+                    stage.attn.append(AttnBlock(block_in, cfg.norm_groups))
             if level != 0:
                 stage.upsample = Upsample(block_in)
             levels.insert(0, stage)  # index by level, so `up.{last}` is the lowest resolution (official layout)
         self.up = nn.ModuleList(levels)
-        self.norm_out = Normalize(block_in)
+        self.norm_out = Normalize(block_in, cfg.norm_groups)
         self.conv_out = nn.Conv2d(block_in, 3, 3, 1, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,231 @@
+"""What both training scripts share: distributed setup, a resumable data order, the official learning-rate and
+weight-decay schedule, EMA weights, mixed precision and the run log.
+
+The models know nothing of this file (STYLE.md: scripts own devices, DDP, precision and files); the scripts
+`train_tokenizer.py` and `train_var.py` call it.
+Official counterparts: `utils/lr_control.py` (lr_wd_annealing, the "lin0" schedule), `utils/data_sampler.py`
+(DistInfiniteBatchSampler), `utils/misc.py` (logging).
+
+Exact resume rests on one idea: everything random in a training step is a pure function of (seed, step).
+The batch at step s is a slice of a seeded per-epoch permutation, and the label-dropout mask is drawn from a
+generator seeded with (seed, step). A run stopped at step s and resumed computes the same steps s, s+1, ... as a
+run that never stopped, and `torchrun` with N processes sees the same global batches as one process.
+
+Shape legend: B local batch, G global batch (B × world size), N dataset size.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Iterator, List, Optional
+
+import torch
+import torch.distributed as dist
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# distributed
+@dataclass
+class Distributed:
+    rank: int = 0  # this process's index among all processes
+    world_size: int = 1  # number of processes (GPUs) in the run
+    local_rank: int = 0  # index on this node, selects the GPU
+
+    @property
+    def is_main(self) -> bool:
+        """Only rank 0 writes logs, grids and checkpoints."""
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Distributed:
+    """Join the process group when launched by `torchrun` (it sets WORLD_SIZE), otherwise run alone.
+
+    NCCL on CUDA, gloo on CPU (so two CPU processes can test DDP on a laptop).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Distributed()
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend=backend)
+    info = Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(info.local_rank)
+    return info
+
+
+def resolve_device(name: str, distributed: Distributed) -> torch.device:
+    """'auto' picks CUDA when present; under torchrun each process takes the GPU of its local rank."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
+    if name == "cuda" and distributed.world_size > 1:
+        name = f"cuda:{distributed.local_rank}"
+    return torch.device(name)
+
+
+def all_reduce_mean(value: torch.Tensor, distributed: Distributed) -> torch.Tensor:
+    """Average a logged number over processes (gradients are averaged by DDP itself)."""
+    if distributed.world_size > 1:
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= distributed.world_size
+    return value
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# data order
+def global_batch_indices(step: int, global_batch: int, dataset_size: int, seed: int) -> List[int]:
+    """Dataset indices of the global batch at `step`: consecutive slices of a stream of seeded permutations.
+
+    Epoch e is `randperm(N)` under seed (seed, e); the stream is their concatenation, so batches cross epoch
+    boundaries seamlessly and every image is seen once per epoch. A pure function of the step: resume-exact.
+    """
+    start = step * global_batch
+    indices: List[int] = []
+    while len(indices) < global_batch:
+        epoch, offset = divmod(start + len(indices), dataset_size)
+        order = torch.randperm(dataset_size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        indices.extend(order[offset:offset + global_batch - len(indices)].tolist())
+    return indices
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Yields, for steps start..end-1, this process's slice of the global batch as (index, epoch) pairs.
+
+    The epoch travels with the index so that augmentations seeded by (seed, index, epoch) are reproducible in any
+    DataLoader worker (see `EpochIndexed`).
+    """
+
+    def __init__(self, dataset_size: int, batch_size: int, seed: int, start_step: int, end_step: int,
+                 distributed: Distributed):
+        self.dataset_size, self.batch_size, self.seed = dataset_size, batch_size, seed
+        self.start_step, self.end_step, self.distributed = start_step, end_step, distributed
+
+    def __len__(self) -> int:
+        return max(self.end_step - self.start_step, 0)
+
+    def __iter__(self) -> Iterator[list]:
+        world, rank, B = self.distributed.world_size, self.distributed.rank, self.batch_size
+        for step in range(self.start_step, self.end_step):
+            indices = global_batch_indices(step, B * world, self.dataset_size, self.seed)
+            epoch = step * B * world // self.dataset_size
+            yield [(i, epoch) for i in indices[rank * B:(rank + 1) * B]]
+
+
+class EpochIndexed(torch.utils.data.Dataset):
+    """Wraps a dataset so that it can be indexed by (index, epoch): it sets the epoch before reading."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        index, epoch = item
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
+def make_loader(dataset, batch_size: int, seed: int, start_step: int, end_step: int, distributed: Distributed,
+                workers: int = 0) -> torch.utils.data.DataLoader:
+    """A DataLoader that yields exactly the batches of steps start_step..end_step-1 of this process."""
+    sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, end_step, distributed)
+    return torch.utils.data.DataLoader(EpochIndexed(dataset), batch_sampler=sampler, num_workers=workers,
+                                       persistent_workers=workers > 0)
+
+
+def step_generator(seed: int, step: int, device) -> torch.Generator:
+    """A generator for the randomness of one step (label dropout), identical in every process and on resume."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# schedule
+def lr_wd_at(step: int, total_steps: int, peak_lr: float, warmup_steps: int, warmup_start: float = 0.005,
+             final_lr_ratio: float = 0.1, constant_fraction: float = 0.05, weight_decay: float = 0.05,
+             final_weight_decay: Optional[float] = None):
+    """The official "lin0" schedule (utils/lr_control.py), returned as (learning rate, weight decay).
+
+    Learning rate: linear warmup from warmup_start·peak to peak over warmup_steps; then constant for the first
+    `constant_fraction` of the remaining steps; then linear down to final_lr_ratio·peak at the last step.
+    Weight decay: cosine from weight_decay to final_weight_decay over the whole run (d30 uses 0.05 → 0.08).
+    """
+    last = max(total_steps - 1, 1)
+    if step < warmup_steps:
+        factor = warmup_start + (1 - warmup_start) * step / warmup_steps
+    else:
+        passed = (step - warmup_steps) / max(last - warmup_steps, 1)  # 0 → 1 after warmup
+        rest = 1 - passed
+        factor = 1.0 if passed < constant_fraction else \
+            final_lr_ratio + (1 - final_lr_ratio) * rest / (1 - constant_fraction)
+    final_weight_decay = weight_decay if final_weight_decay is None else final_weight_decay
+    wd = final_weight_decay + (weight_decay - final_weight_decay) * 0.5 * (1 + math.cos(math.pi * step / last))
+    return peak_lr * factor, wd
+
+
+def set_lr_wd(optimizer: torch.optim.Optimizer, lr: float, wd: float) -> None:
+    """Write the step's learning rate into every group, and its weight decay into the groups that decay."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        if group.get("decay", False):  # groups built by VAR.parameter_groups say whether they decay
+            group["weight_decay"] = wd
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# precision, EMA
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on CUDA and CPU when asked for; a no-op context otherwise."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+class EMA:
+    """Exponential moving average of a model's weights, kept in fp32 on the model's device."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for ema_value, value in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if ema_value.dtype.is_floating_point:
+                ema_value.lerp_(value, 1 - self.decay)
+            else:
+                ema_value.copy_(value)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside a DistributedDataParallel wrapper."""
+    return model.module if hasattr(model, "module") else model
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# logging
+class RunLog:
+    """Appends lines to `<out_dir>/log.txt` (rank 0 only) and times throughput."""
+
+    def __init__(self, out_dir: str, distributed: Distributed):
+        self.path = os.path.join(out_dir, "log.txt")
+        self.enabled = distributed.is_main
+        self.last_time = time.time()
+        if self.enabled:
+            os.makedirs(out_dir, exist_ok=True)
+
+    def write(self, line: str) -> None:
+        if self.enabled:
+            with open(self.path, "a") as file:
+                file.write(line.rstrip() + "\n")
+
+    def images_per_second(self, images: int) -> float:
+        now = time.time()
+        rate = images / max(now - self.last_time, 1e-9)
+        self.last_time = now
+        return rate
