@@ -1,0 +1,260 @@
+"""Train the multi-scale VQVAE tokenizer (stage 1 of VAR).
+
+The official VAR repository ships only the trained tokenizer, not the code that trained it; this script fills
+that gap. Loss (the VQGAN recipe the paper cites, Section 3.2):
+    L1(x̂, x) + vq (codebook + β·commitment, averaged over scales) + λ_p · perceptual + λ_g · adaptive-weighted GAN
+The perceptual and GAN terms are optional: the perceptual loss needs VGG16 weights the user supplies as a file.
+Codebook collapse is fought by restarting dead codes (EMA hit share below a threshold) with encoder outputs.
+
+Run on the built-in shapes dataset (the default; about 3 minutes on 2 CPU cores):
+    python train_tokenizer.py
+On an image folder, on 8 GPUs:
+    torchrun --nproc_per_node 8 train_tokenizer.py --data-path /data/imagenet/train --preset official \
+        --image-size 256 --batch-size 32 --device cuda --bf16 --perceptual-weights vgg16-397923af.pth
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from minvar.checkpoint import CheckpointError, config_from_dict, load_checkpoint, save_checkpoint
+from minvar.data import DataError, build_dataset, save_image_grid
+from minvar.metrics import codebook_usage, psnr
+from minvar.training import (RunLog, all_reduce_mean, autocast, make_loader, resolve_device, setup_distributed,
+                             unwrap)
+from minvar.vqvae import VQVAE, VQVAE_PRESETS, VQVAEConfig
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # run
+    parser.add_argument("--out-dir", default="runs/tokenizer", help="run folder: log.txt, checkpoint.pt, grids")
+    parser.add_argument("--resume", action="store_true", help="continue from <out-dir>/checkpoint.pt exactly")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model init and the data order")
+    parser.add_argument("--device", default="auto", help="'cpu', 'cuda', or 'auto' (CUDA when present)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the encoder/decoder")
+    # data
+    parser.add_argument("--data-path", default=None, help="image folder (one sub-folder per class); "
+                        "absent: the built-in shapes dataset")
+    parser.add_argument("--image-size", type=int, default=32, help="training resolution (square)")
+    parser.add_argument("--num-images", type=int, default=20_000, help="size of the built-in dataset")
+    parser.add_argument("--hflip", action="store_true", help="random horizontal flips")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    # model
+    parser.add_argument("--preset", default="tiny", choices=sorted(VQVAE_PRESETS), help="tokenizer architecture")
+    parser.add_argument("--vocab-size", type=int, default=None, help="override the preset's codebook size")
+    parser.add_argument("--patch-nums", default=None, help="override the scale schedule, e.g. 1,2,3,4,6,8")
+    # optimisation
+    parser.add_argument("--steps", type=int, default=1500, help="training steps")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per step per process")
+    parser.add_argument("--learning-rate", type=float, default=2e-3, help="peak Adam learning rate")
+    parser.add_argument("--warmup-steps", type=int, default=100, help="linear warmup, then cosine decay to 10%%")
+    parser.add_argument("--grad-clip", type=float, default=1.0, help="global gradient-norm clip (0: off)")
+    # losses
+    parser.add_argument("--perceptual-weights", default=None, help="torchvision vgg16-397923af.pth file; "
+                        "enables the LPIPS-style perceptual loss (nothing is ever downloaded)")
+    parser.add_argument("--lpips-weights", default=None, help="optional LPIPS v0.1 vgg.pth linear-layer weights")
+    parser.add_argument("--perceptual-weight", type=float, default=1.0, help="λ_p of the perceptual loss")
+    parser.add_argument("--disc-start", type=int, default=-1, help="step at which the PatchGAN loss starts "
+                        "(-1: no discriminator)")
+    parser.add_argument("--disc-weight", type=float, default=0.5, help="λ_g, times the adaptive weight")
+    # codebook health and logging
+    parser.add_argument("--dead-code-threshold", type=float, default=1e-4, help="EMA hit share under which a "
+                        "code counts as dead at every scale")
+    parser.add_argument("--restart-every", type=int, default=50, help="steps between dead-code restarts (0: off)")
+    parser.add_argument("--log-every", type=int, default=50, help="steps between log.txt lines")
+    parser.add_argument("--grid-every", type=int, default=500, help="steps between reconstruction grids")
+    parser.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
+    return parser.parse_args(argv)
+
+
+def build_config(args) -> VQVAEConfig:
+    values = dict(vars(VQVAE_PRESETS[args.preset]))
+    values["image_size"] = args.image_size
+    if args.vocab_size:
+        values["vocab_size"] = args.vocab_size
+    if args.patch_nums:
+        values["patch_nums"] = tuple(int(p) for p in args.patch_nums.split(","))
+    config = VQVAEConfig(**values)
+    try:
+        config.check()
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
+    return config
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item()))
+
+
+@torch.no_grad()
+def evaluate(vae: VQVAE, images: torch.Tensor) -> dict:
+    """Held-out PSNR (dB, images in [-1, 1]) and codebook usage / perplexity per scale."""
+    vae.eval()
+    idx = vae.img_to_idx(images)
+    reconstruction = vae.idx_to_img(idx)
+    usage = codebook_usage(idx, vae.config.vocab_size)
+    return {"psnr": psnr(reconstruction, images)[1], "usage_per_scale": [round(u, 3) for u in usage["usage"]],
+            "perplexity_per_scale": [round(p, 1) for p in usage["perplexity"]]}, reconstruction
+
+
+def main(argv=None):
+    # 1. config -------------------------------------------------------------------------------------------------
+    args = parse_args(argv)
+    distributed = setup_distributed(args.device if args.device != "auto" else
+                                    ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device, distributed)
+    checkpoint_path = os.path.join(args.out_dir, "checkpoint.pt")
+    resumed = None
+    if args.resume:
+        if not os.path.exists(checkpoint_path):
+            raise SystemExit(f"error: --resume given but {checkpoint_path} does not exist")
+        try:
+            resumed = load_checkpoint(checkpoint_path, "minvar-tokenizer")
+            config = config_from_dict(VQVAEConfig, resumed["config"])
+        except CheckpointError as error:
+            raise SystemExit(f"error: {error}")
+    else:
+        config = build_config(args)
+    log = RunLog(args.out_dir, distributed)
+    log.write(f"args: {json.dumps(vars(args))}")
+
+    # 2. data ---------------------------------------------------------------------------------------------------
+    try:
+        train_set = build_dataset(args.data_path, config.image_size, train=True, num_images=args.num_images,
+                                  seed=args.seed, hflip=args.hflip)
+        held_out = build_dataset(args.data_path, config.image_size, train=False, num_images=64, seed=args.seed)
+    except DataError as error:
+        raise SystemExit(f"error: {error}")
+    held_out_images = torch.stack([held_out[i][0] for i in range(min(64, len(held_out)))]).to(device)
+
+    # 3. model and losses ---------------------------------------------------------------------------------------
+    torch.manual_seed(args.seed)
+    vae = VQVAE(config).to(device)
+    # every code starts "alive" (mean hit share), so dead-code restarts only hit codes that then stay unused
+    vae.quantize.ema_vocab_hit_SV.fill_(1.0 / config.vocab_size)
+    perceptual = discriminator = None
+    if args.perceptual_weights:
+        from minvar.losses import PerceptualLoss
+        try:
+            perceptual = PerceptualLoss(args.perceptual_weights, args.lpips_weights).to(device)
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(f"error: {error}")
+    if args.disc_start >= 0:
+        from minvar.losses import PatchDiscriminator
+        discriminator = PatchDiscriminator().to(device)
+
+    # 4. optimizer ----------------------------------------------------------------------------------------------
+    optimizer = torch.optim.Adam(vae.parameters(), lr=args.learning_rate, betas=(0.5, 0.9))
+    disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.learning_rate, betas=(0.5, 0.9)) \
+        if discriminator is not None else None
+    start_step = 0
+    if resumed is not None:
+        vae.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        if discriminator is not None and resumed.get("discriminator"):
+            discriminator.load_state_dict(resumed["discriminator"])
+            disc_optimizer.load_state_dict(resumed["disc_optimizer"])
+        start_step = resumed["step"]
+        log.write(f"resumed from step {start_step}")
+    model = vae
+    if distributed.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(vae, device_ids=[device.index] if device.type == "cuda"
+                                                          else None)
+        if discriminator is not None:
+            discriminator = torch.nn.parallel.DistributedDataParallel(discriminator, device_ids=[device.index]
+                                                                      if device.type == "cuda" else None)
+    restart_generator = torch.Generator(device=device).manual_seed(args.seed + 17)
+    if resumed is not None and resumed.get("restart_rng") is not None:
+        restart_generator.set_state(resumed["restart_rng"].to("cpu") if device.type == "cpu" else resumed["restart_rng"])
+
+    # 5. train loop ---------------------------------------------------------------------------------------------
+    loader = make_loader(train_set, args.batch_size, args.seed, start_step, args.steps, distributed, args.workers)
+    bar = tqdm(loader, initial=start_step, total=args.steps, disable=not distributed.is_main, desc="tokenizer",
+               dynamic_ncols=True)
+    vae.train()
+    for step, (images, _) in enumerate(bar, start=start_step):
+        images = images.to(device, non_blocking=True)
+        lr = cosine_lr(step, args.steps, args.learning_rate, args.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(device, args.bf16):
+            reconstruction, vq_loss, idx = model(images)
+            reconstruction = reconstruction.float()
+            rec_loss = F.l1_loss(reconstruction, images)
+            loss = rec_loss + vq_loss
+            if perceptual is not None:
+                loss = loss + args.perceptual_weight * perceptual(reconstruction, images)
+            gan_on = discriminator is not None and step >= args.disc_start
+            if gan_on:
+                from minvar.losses import adaptive_generator_weight, hinge_generator_loss
+                generator_loss = hinge_generator_loss(discriminator(reconstruction))
+                weight = adaptive_generator_weight(rec_loss, generator_loss, vae.decoder.conv_out.weight)
+                loss = loss + args.disc_weight * weight * generator_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), args.grad_clip)
+        optimizer.step()
+        if gan_on:  # the discriminator's own step: real images vs detached reconstructions
+            from minvar.losses import hinge_discriminator_loss
+            for group in disc_optimizer.param_groups:
+                group["lr"] = lr
+            with autocast(device, args.bf16):
+                d_loss = hinge_discriminator_loss(discriminator(images), discriminator(reconstruction.detach()))
+            disc_optimizer.zero_grad(set_to_none=True)
+            d_loss.backward()
+            disc_optimizer.step()
+        if args.restart_every and (step + 1) % args.restart_every == 0:
+            with torch.no_grad():
+                latent = vae.encode_latent(images)
+            restarted = vae.quantize.restart_dead_codes(latent, args.dead_code_threshold, restart_generator)
+            if distributed.world_size > 1:  # every process must keep the same codebook
+                torch.distributed.broadcast(vae.quantize.embedding.weight.data, src=0)
+            if restarted:
+                log.write(f"step {step + 1}: restarted {restarted} dead codes")
+
+        # 6. logging, grids, checkpoints --------------------------------------------------------------------------
+        if distributed.is_main:
+            bar.set_postfix(loss=f"{loss.item():.4f}", l1=f"{rec_loss.item():.4f}", vq=f"{vq_loss.item():.4f}",
+                            lr=f"{lr:.1e}")
+        done = step + 1
+        if done % args.log_every == 0 or done == args.steps:
+            alive = (vae.quantize.ema_vocab_hit_SV > args.dead_code_threshold).float().mean(dim=1).tolist()
+            mean_loss = all_reduce_mean(loss.detach(), distributed).item()
+            log.write(f"step {done} loss {mean_loss:.5f} l1 {rec_loss.item():.5f} vq {vq_loss.item():.5f} "
+                      f"lr {lr:.2e} img/s {log.images_per_second(args.log_every * args.batch_size):.1f} "
+                      f"codes alive per scale {[round(a, 3) for a in alive]} "
+                      f"skipped images {getattr(train_set, 'num_skipped', 0)}")
+        if distributed.is_main and (done % args.grid_every == 0 or done == args.steps):
+            metrics, reconstruction = evaluate(vae, held_out_images)
+            vae.train()
+            grid = torch.cat([held_out_images[:16], reconstruction[:16]])
+            save_image_grid(grid, os.path.join(args.out_dir, f"reconstructions_{done:06d}.png"), nrow=16)
+            log.write(f"step {done} held-out {json.dumps(metrics)}")
+        if distributed.is_main and (done % args.save_every == 0 or done == args.steps):
+            save_checkpoint(checkpoint_path, "minvar-tokenizer", vae, config, done, train_set.class_names,
+                            optimizer, args=vars(args), restart_rng=restart_generator.get_state(),
+                            discriminator=unwrap(discriminator).state_dict() if discriminator is not None else None,
+                            disc_optimizer=disc_optimizer.state_dict() if disc_optimizer is not None else None)
+    if distributed.is_main:
+        metrics, _ = evaluate(vae, held_out_images)
+        with open(os.path.join(args.out_dir, "metrics.json"), "w") as file:
+            json.dump(metrics, file, indent=1)
+        print(f"tokenizer: held-out PSNR {metrics['psnr']:.2f} dB, codebook usage per scale "
+              f"{metrics['usage_per_scale']}; checkpoint {checkpoint_path}")
+    if distributed.world_size > 1:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Train the next-scale prediction transformer (stage 2 of VAR) on a frozen tokenizer.
+
+Every step: images -> tokens of all K scales with the frozen VQVAE (Algorithm 1, fp32, on the fly as the official
+trainer) -> teacher-forcing input (cumulative f̂ downsampled to each next scale) -> one block-causal forward that
+predicts every scale at once -> cross entropy over all L tokens (uniform weights, as official).
+
+Quickstart on the built-in shapes dataset (about 4 minutes on 2 CPU cores, after train_tokenizer.py):
+    python train_var.py
+The official ImageNet recipe for VAR-d16 on 8 GPUs per node (global batch 768, 200 epochs):
+    torchrun --nproc_per_node 8 train_var.py --preset d16 --data-path /data/imagenet/train --image-size 256 \
+        --tokenizer vae_ch160v4096z32.pth --device cuda --bf16
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from minvar.checkpoint import (CheckpointError, config_from_dict, load_checkpoint, load_tokenizer, save_checkpoint)
+from minvar.data import DataError, build_dataset, save_image_grid
+from minvar.sampling import check_pair, generate
+from minvar.training import (EMA, RunLog, all_reduce_mean, autocast, lr_wd_at, make_loader, resolve_device,
+                             set_lr_wd, setup_distributed, step_generator, unwrap)
+from minvar.var import VAR, VAR_PRESETS, VARConfig
+
+# Training recipes. dN are the official ImageNet ones (README of FoundationVision/VAR and facts §3): global batch,
+# base learning rate per 256 images, epochs, final lr ratio ("wpe"), weight decay start/end, AdaLN gamma init.
+# Warmup is epochs/50, betas (0.9, 0.95), clip 2.0, no label smoothing, label dropout 0.1.
+RECIPES = {
+    "tiny": dict(global_batch=32, base_lr=8e-3, epochs=None, final_lr_ratio=0.1, weight_decay=0.05,
+                 final_weight_decay=0.05),
+    "d16": dict(global_batch=768, base_lr=1e-4, epochs=200, final_lr_ratio=0.1, weight_decay=0.05,
+                final_weight_decay=0.05),
+    "d20": dict(global_batch=768, base_lr=1e-4, epochs=250, final_lr_ratio=0.1, weight_decay=0.05,
+                final_weight_decay=0.05),
+    "d24": dict(global_batch=768, base_lr=8e-5, epochs=350, final_lr_ratio=0.01, weight_decay=0.05,
+                final_weight_decay=0.05),
+    "d30": dict(global_batch=1024, base_lr=8e-5, epochs=350, final_lr_ratio=0.01, weight_decay=0.05,
+                final_weight_decay=0.08),
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # run
+    parser.add_argument("--out-dir", default="runs/var", help="run folder: log.txt, checkpoint.pt, sample grids")
+    parser.add_argument("--resume", action="store_true", help="continue from <out-dir>/checkpoint.pt exactly")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the init, data order and label dropout")
+    parser.add_argument("--device", default="auto", help="'cpu', 'cuda', or 'auto' (CUDA when present)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA or CPU)")
+    # data and tokenizer
+    parser.add_argument("--data-path", default=None, help="image folder (one sub-folder per class); "
+                        "absent: the built-in shapes dataset")
+    parser.add_argument("--image-size", type=int, default=None, help="training resolution; "
+                        "default: the tokenizer's own")
+    parser.add_argument("--num-images", type=int, default=20_000, help="size of the built-in dataset")
+    parser.add_argument("--hflip", action="store_true", help="random horizontal flips")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--tokenizer", default="runs/tokenizer/checkpoint.pt", help="a train_tokenizer.py "
+                        "checkpoint, or the official vae_ch160v4096z32.pth")
+    # model
+    parser.add_argument("--preset", default="tiny", choices=sorted(RECIPES), help="architecture and recipe")
+    parser.add_argument("--depth", type=int, default=None, help="override the preset's depth (width 64·depth "
+                        "for the dN presets)")
+    parser.add_argument("--width", type=int, default=None, help="override the width (tiny preset)")
+    # optimisation
+    parser.add_argument("--steps", type=int, default=None, help="training steps; default: the recipe's epochs "
+                        "over the dataset (dN) or 1000 (tiny)")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per step per process; default: "
+                        "the recipe's global batch / number of processes")
+    parser.add_argument("--base-learning-rate", type=float, default=None, help="peak lr per 256 images "
+                        "(peak = base × global batch / 256); default: the recipe's")
+    parser.add_argument("--warmup-steps", type=int, default=None, help="default: 2%% of the steps (epochs/50)")
+    parser.add_argument("--grad-clip", type=float, default=2.0, help="global gradient-norm clip")
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
+    parser.add_argument("--cond-drop-rate", type=float, default=0.1, help="label dropout for guidance")
+    parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0: no EMA)")
+    # logging and sampling
+    parser.add_argument("--log-every", type=int, default=50, help="steps between log.txt lines")
+    parser.add_argument("--sample-every", type=int, default=500, help="steps between sample grids")
+    parser.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
+    parser.add_argument("--cfg", type=float, default=2.0, help="guidance of the sample grids")
+    return parser.parse_args(argv)
+
+
+def build_config(args, vae, num_classes: int) -> VARConfig:
+    """The preset's architecture, fitted to the tokenizer (codebook, scales) and the dataset (classes)."""
+    values = dict(vars(VAR_PRESETS[args.preset]))
+    if args.depth:
+        values["depth"] = args.depth
+    if args.width:
+        values["width"] = args.width
+    values.update(num_classes=num_classes, vocab_size=vae.quantize.vocab_size, code_dim=vae.quantize.code_dim,
+                  patch_nums=tuple(vae.patch_nums), cond_drop_rate=args.cond_drop_rate)
+    return VARConfig(**values)
+
+
+@torch.no_grad()
+def sample_grid(var, vae, class_names, path: str, cfg: float, seed: int = 0) -> None:
+    """One row per class (up to 16 classes), 8 samples each, saved as a PNG."""
+    classes = list(range(min(len(class_names), 16)))
+    labels = [c for c in classes for _ in range(8)]
+    images = generate(var, vae, labels, cfg=cfg, top_k=0, top_p=0.0, seed=seed)  # (N, 3, H, W) in [0, 1]
+    save_image_grid(images * 2 - 1, path, nrow=8)
+
+
+def main(argv=None):
+    # 1. config -------------------------------------------------------------------------------------------------
+    args = parse_args(argv)
+    distributed = setup_distributed(args.device if args.device != "auto" else
+                                    ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device, distributed)
+    recipe = RECIPES[args.preset]
+    checkpoint_path = os.path.join(args.out_dir, "checkpoint.pt")
+    resumed = None
+    if args.resume:
+        if not os.path.exists(checkpoint_path):
+            raise SystemExit(f"error: --resume given but {checkpoint_path} does not exist")
+        try:
+            resumed = load_checkpoint(checkpoint_path, "minvar-var")
+        except CheckpointError as error:
+            raise SystemExit(f"error: {error}")
+    try:
+        vae = load_tokenizer(resumed["tokenizer"] if resumed and resumed.get("tokenizer") else args.tokenizer)
+    except CheckpointError as error:
+        raise SystemExit(f"error: --tokenizer {args.tokenizer}: {error}")
+    vae = vae.to(device)
+    image_size = args.image_size or vae.config.image_size
+    log = RunLog(args.out_dir, distributed)
+    log.write(f"args: {json.dumps(vars(args))}")
+
+    # 2. data ---------------------------------------------------------------------------------------------------
+    try:
+        train_set = build_dataset(args.data_path, image_size, train=True, num_images=args.num_images,
+                                  seed=args.seed, hflip=args.hflip)
+    except DataError as error:
+        raise SystemExit(f"error: {error}")
+    global_batch = (args.batch_size * distributed.world_size) if args.batch_size else recipe["global_batch"]
+    batch_size = global_batch // distributed.world_size
+    if recipe["epochs"] and args.steps is None:
+        steps = recipe["epochs"] * math.ceil(len(train_set) / global_batch)
+    else:
+        steps = args.steps or 1000
+    warmup = args.warmup_steps if args.warmup_steps is not None else max(steps // 50, 1)
+    peak_lr = (args.base_learning_rate or recipe["base_lr"]) * global_batch / 256
+
+    # 3. model --------------------------------------------------------------------------------------------------
+    torch.manual_seed(args.seed)
+    if resumed is not None:
+        config = config_from_dict(VARConfig, resumed["config"])
+    else:
+        config = build_config(args, vae, train_set.num_classes)
+    var = VAR(config).to(device)
+    try:
+        check_pair(var, vae)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
+    if image_size != vae.config.image_size:
+        raise SystemExit(f"error: --image-size {image_size} does not fit the tokenizer, trained for "
+                         f"{vae.config.image_size}px images with scales {vae.patch_nums}")
+    ema = EMA(var, args.ema) if args.ema > 0 else None
+    log.write(f"VAR: {sum(p.numel() for p in var.parameters()):,} parameters, {config}")
+
+    # 4. optimizer ----------------------------------------------------------------------------------------------
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(var.parameter_groups(recipe["weight_decay"]), lr=peak_lr, betas=(0.9, 0.95),
+                                  fused=fused)
+    start_step = 0
+    if resumed is not None:
+        var.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        if ema is not None and resumed.get("ema_model") is not None:
+            ema.model.load_state_dict(resumed["ema_model"])
+        torch.set_rng_state(resumed["rng_state"])
+        start_step = resumed["step"]
+        log.write(f"resumed from step {start_step}")
+    model = var
+    if distributed.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(var, device_ids=[device.index] if device.type == "cuda"
+                                                          else None)
+    tokenizer_state = {"kind": "minvar-tokenizer", "config": vars(vae.config), "model": vae.state_dict()} \
+        if sum(p.numel() for p in vae.parameters()) < 20_000_000 else None  # embed small tokenizers
+
+    # 5. train loop ---------------------------------------------------------------------------------------------
+    loader = make_loader(train_set, batch_size, args.seed, start_step, steps, distributed, args.workers)
+    bar = tqdm(loader, initial=start_step, total=steps, disable=not distributed.is_main, desc="VAR",
+               dynamic_ncols=True)
+    var.train()
+    for step, (images, labels) in enumerate(bar, start=start_step):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        lr, wd = lr_wd_at(step, steps, peak_lr, warmup, final_lr_ratio=recipe["final_lr_ratio"],
+                          weight_decay=recipe["weight_decay"], final_weight_decay=recipe["final_weight_decay"])
+        set_lr_wd(optimizer, lr, wd)
+        with torch.no_grad():  # tokens on the fly, fp32, outside autocast (official trainer)
+            idx = vae.img_to_idx(images)
+            x_BLCv = vae.idx_to_var_input(idx)  # (B, L-1, Cvae)
+            target_BL = torch.cat(idx, dim=1)  # (B, L)
+        # label dropout from a per-step generator over the GLOBAL batch: identical on resume and across processes
+        drop_G = torch.rand(global_batch, generator=step_generator(args.seed, step, "cpu")) < args.cond_drop_rate
+        rank = distributed.rank
+        drop_B = drop_G[rank * batch_size:(rank + 1) * batch_size].to(device)
+        with autocast(device, args.bf16):
+            logits_BLV = model(labels, x_BLCv, drop_B)
+        loss = F.cross_entropy(logits_BLV.float().flatten(0, 1), target_BL.flatten(),
+                               label_smoothing=args.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(var.parameters(), args.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            ema.update(var)
+
+        # 6. logging, samples, checkpoints ------------------------------------------------------------------------
+        done = step + 1
+        if distributed.is_main:
+            accuracy = (logits_BLV.argmax(-1) == target_BL).float().mean().item()
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.3f}", lr=f"{lr:.1e}")
+        if done % args.log_every == 0 or done == steps:
+            mean_loss = all_reduce_mean(loss.detach(), distributed).item()
+            accuracy = all_reduce_mean((logits_BLV.argmax(-1) == target_BL).float().mean(), distributed).item()
+            log.write(f"step {done} loss {mean_loss:.4f} acc {accuracy:.4f} lr {lr:.3e} wd {wd:.4f} "
+                      f"grad_norm {grad_norm.item():.3f} "
+                      f"img/s {log.images_per_second(args.log_every * global_batch):.1f} "
+                      f"skipped images {getattr(train_set, 'num_skipped', 0)}")
+        if distributed.is_main and (done % args.sample_every == 0 or done == steps):
+            net = ema.model if ema is not None else var
+            net.eval()
+            sample_grid(net, vae, train_set.class_names, os.path.join(args.out_dir, f"samples_{done:06d}.png"),
+                        args.cfg)
+            var.train()
+        if distributed.is_main and (done % args.save_every == 0 or done == steps):
+            save_checkpoint(checkpoint_path, "minvar-var", var, config, done, train_set.class_names, optimizer,
+                            ema_model=ema.model.state_dict() if ema is not None else None,
+                            tokenizer=tokenizer_state, tokenizer_path=os.path.abspath(args.tokenizer),
+                            rng_state=torch.get_rng_state(), args=vars(args))
+    if distributed.is_main:
+        print(f"VAR: final loss {loss.item():.4f}; checkpoint {checkpoint_path}")
+    if distributed.world_size > 1:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
