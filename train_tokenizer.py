@@ -24,27 +24,16 @@ from tqdm import tqdm
 from minvar.checkpoint import CheckpointError, config_from_dict, load_checkpoint, save_checkpoint
 from minvar.data import DataError, build_dataset, save_image_grid
 from minvar.metrics import codebook_usage, psnr
-from minvar.training import (RunLog, all_reduce_mean, autocast, make_loader, resolve_device, setup_distributed,
-                             unwrap)
+from minvar.training import (RunLog, add_common_arguments, all_reduce_mean, autocast, make_loader, resolve_device,
+                             setup_distributed, unwrap)
 from minvar.vqvae import VQVAE, VQVAE_PRESETS, VQVAEConfig
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    # run
-    parser.add_argument("--out-dir", default="runs/tokenizer", help="run folder: log.txt, checkpoint.pt, grids")
-    parser.add_argument("--resume", action="store_true", help="continue from <out-dir>/checkpoint.pt exactly")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the model init and the data order")
-    parser.add_argument("--device", default="auto", help="'cpu', 'cuda', or 'auto' (CUDA when present)")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the encoder/decoder")
-    # data
-    parser.add_argument("--data-path", default=None, help="image folder (one sub-folder per class); "
-                        "absent: the built-in shapes dataset")
-    parser.add_argument("--image-size", type=int, default=32, help="training resolution (square)")
-    parser.add_argument("--num-images", type=int, default=20_000, help="size of the built-in dataset")
-    parser.add_argument("--hflip", action="store_true", help="random horizontal flips")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    # run and data
+    add_common_arguments(parser, "runs/tokenizer", 32, "training resolution (square)")
     # model
     parser.add_argument("--preset", default="tiny", choices=sorted(VQVAE_PRESETS), help="tokenizer architecture")
     parser.add_argument("--vocab-size", type=int, default=None, help="override the preset's codebook size")

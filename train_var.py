@@ -23,8 +23,8 @@ from tqdm import tqdm
 from minvar.checkpoint import (CheckpointError, config_from_dict, load_checkpoint, load_tokenizer, save_checkpoint)
 from minvar.data import DataError, build_dataset, save_image_grid
 from minvar.sampling import check_pair, generate
-from minvar.training import (EMA, RunLog, all_reduce_mean, autocast, lr_wd_at, make_loader, resolve_device,
-                             set_lr_wd, setup_distributed, step_generator, unwrap)
+from minvar.training import (EMA, RunLog, add_common_arguments, all_reduce_mean, autocast, lr_wd_at, make_loader,
+                             resolve_device, set_lr_wd, setup_distributed, step_generator)
 from minvar.var import VAR, VAR_PRESETS, VARConfig
 
 # Training recipes. dN are the official ImageNet ones (README of FoundationVision/VAR and facts §3): global batch,
@@ -47,20 +47,8 @@ RECIPES = {
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    # run
-    parser.add_argument("--out-dir", default="runs/var", help="run folder: log.txt, checkpoint.pt, sample grids")
-    parser.add_argument("--resume", action="store_true", help="continue from <out-dir>/checkpoint.pt exactly")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the init, data order and label dropout")
-    parser.add_argument("--device", default="auto", help="'cpu', 'cuda', or 'auto' (CUDA when present)")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA or CPU)")
-    # data and tokenizer
-    parser.add_argument("--data-path", default=None, help="image folder (one sub-folder per class); "
-                        "absent: the built-in shapes dataset")
-    parser.add_argument("--image-size", type=int, default=None, help="training resolution; "
-                        "default: the tokenizer's own")
-    parser.add_argument("--num-images", type=int, default=20_000, help="size of the built-in dataset")
-    parser.add_argument("--hflip", action="store_true", help="random horizontal flips")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    # run, data and tokenizer
+    add_common_arguments(parser, "runs/var", None, "training resolution; default: the tokenizer's own")
     parser.add_argument("--tokenizer", default="runs/tokenizer/checkpoint.pt", help="a train_tokenizer.py "
                         "checkpoint, or the official vae_ch160v4096z32.pth")
     # model

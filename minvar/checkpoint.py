@@ -32,11 +32,13 @@ class CheckpointError(ValueError):
 def read_file(path_or_state_dict) -> Dict[str, Any]:
     """Load a checkpoint dict safely (weights_only=True, on CPU), or pass a dict through."""
     if isinstance(path_or_state_dict, dict):
-        return path_or_state_dict
+        return path_or_state_dict  # already loaded (e.g. a tokenizer embedded in a VAR checkpoint)
     path = os.fspath(path_or_state_dict)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist (or is not a file)")
     try:
+        # weights_only=True: the unpickler accepts tensors and plain containers only, so a file cannot run code.
+        # map_location="cpu": a checkpoint saved on GPU loads on a machine without one; callers move it after.
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle errors, truncated files, non-tensor objects refused by weights_only
         raise CheckpointError(f"cannot read {path!r} as a PyTorch checkpoint ({type(error).__name__}: "
@@ -47,7 +49,11 @@ def read_file(path_or_state_dict) -> Dict[str, Any]:
 
 
 def kind_of_state_dict(state_dict: Dict[str, Any]) -> str:
-    """'vqvae', 'var' or 'unknown', from the key names alone."""
+    """'vqvae', 'var' or 'unknown', from the key names alone.
+
+    The two official files are plain state dicts with no header, so their key names are the only way to tell a
+    tokenizer from a transformer and to say "you passed the VAE where the VAR goes".
+    """
     if "quantize.embedding.weight" in state_dict or any(k.startswith("encoder.") for k in state_dict):
         return "vqvae"
     if "class_emb.weight" in state_dict and "head.weight" in state_dict:
@@ -58,6 +64,7 @@ def kind_of_state_dict(state_dict: Dict[str, Any]) -> str:
 def strict_load(model: torch.nn.Module, state_dict: Dict[str, Any], what: str) -> None:
     """`load_state_dict(strict=True)`, with a readable report of the first problems instead of a wall of keys."""
     expected = model.state_dict()
+    # Compare key sets first: PyTorch's own message lists every key, hundreds for a VAR, which hides the cause.
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     if missing or unexpected:
@@ -65,7 +72,7 @@ def strict_load(model: torch.nn.Module, state_dict: Dict[str, Any], what: str) -
             f"{what}: the weights do not match the architecture. {len(missing)} missing key(s) "
             f"{missing[:5]}{' ...' if len(missing) > 5 else ''}; {len(unexpected)} unexpected key(s) "
             f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-    for key, tensor in expected.items():
+    for key, tensor in expected.items():  # then shapes: report the first disagreement, which names the culprit
         if tuple(state_dict[key].shape) != tuple(tensor.shape):
             raise CheckpointError(f"{what}: {key!r} has shape {tuple(state_dict[key].shape)} in the file but "
                                   f"{tuple(tensor.shape)} in the model built from it")
@@ -75,15 +82,21 @@ def strict_load(model: torch.nn.Module, state_dict: Dict[str, Any], what: str) -
 # ----------------------------------------------------------------------------------------------------------------
 # official weights
 def infer_vqvae_config(state_dict: Dict[str, Any], patch_nums: Sequence[int] = None) -> VQVAEConfig:
-    """Read the tokenizer's architecture from an official-layout state dict."""
-    vocab_size, code_dim = state_dict["quantize.embedding.weight"].shape
-    channels = state_dict["encoder.conv_in.weight"].shape[0]
+    """Read the tokenizer's architecture from an official-layout state dict.
+
+    Every field comes from a shape or a key count: the codebook gives V and Cvae, conv_in the base width, the
+    first conv of each encoder level its channel multiplier, the block keys of level 0 the ResNet blocks per level,
+    and the Φ keys how many Φ convolutions are shared. The scale schedule is not in the weights: it is the 256px
+    one unless the caller says otherwise (the 512px d36 reuses the same VAE with other patch_nums).
+    """
+    vocab_size, code_dim = state_dict["quantize.embedding.weight"].shape  # (V, Cvae)
+    channels = state_dict["encoder.conv_in.weight"].shape[0]  # base width "ch"
     levels = sorted({int(k.split(".")[2]) for k in state_dict if k.startswith("encoder.down.")})
     channel_mult = tuple(state_dict[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // channels for i in levels)
     num_res_blocks = len({k.split(".")[4] for k in state_dict if k.startswith("encoder.down.0.block.")})
     num_phis = len({k.split(".")[3] for k in state_dict if k.startswith("quantize.quant_resi.qresi_ls.")})
-    latent = 2 ** (len(channel_mult) - 1)
-    if patch_nums is None:
+    latent = 2 ** (len(channel_mult) - 1)  # image-to-latent downsampling factor
+    if patch_nums is None:  # the usage buffer has one row per scale it was trained with
         patch_nums = SCHEDULE_256 if "quantize.ema_vocab_hit_SV" not in state_dict or \
             state_dict["quantize.ema_vocab_hit_SV"].shape[0] == len(SCHEDULE_256) else None
         if patch_nums is None:
@@ -118,9 +131,14 @@ def load_official_vqvae(path_or_state_dict, patch_nums: Sequence[int] = None) ->
 
 
 def infer_var_config(state_dict: Dict[str, Any]) -> VARConfig:
-    """Read the transformer's architecture from an official-layout state dict."""
+    """Read the transformer's architecture from an official-layout state dict.
+
+    depth = number of distinct block indices; width from pos_start; heads from the per-head temperatures; the scale
+    schedule from the `lvl_1L` buffer (how many positions carry each scale id = pn²); classes from class_emb (one
+    row is the null class); shared AdaLN (d36) from the presence of `shared_ada_lin`.
+    """
     depth = len({k.split(".")[1] for k in state_dict if k.startswith("blocks.")})
-    width = state_dict["pos_start"].shape[-1]
+    width = state_dict["pos_start"].shape[-1]  # (1, 1, C)
     num_heads = state_dict["blocks.0.attn.scale_mul_1H11"].shape[1] if "blocks.0.attn.scale_mul_1H11" in \
         state_dict else width // 64
     level_L = state_dict["lvl_1L"].flatten() if "lvl_1L" in state_dict else None
@@ -147,8 +165,8 @@ def load_official_var(path_or_state_dict, vae: VQVAE = None) -> VAR:
         raise CheckpointError(f"this is not a VAR state dict (no class_emb/head keys).{hint}")
     var = VAR(infer_var_config(state_dict))
     strict_load(var, state_dict, "VAR")
-    var.eval()
-    if vae is not None:
+    var.eval()  # inference by default; training scripts call .train() themselves
+    if vae is not None:  # the pair must share the codebook and the scale schedule
         from minvar.sampling import check_pair
         check_pair(var, vae)
     return var
@@ -159,7 +177,7 @@ def load_official_var(path_or_state_dict, vae: VQVAE = None) -> VAR:
 def save_checkpoint(path: str, kind: str, model: torch.nn.Module, config, step: int, class_names=None,
                     optimizer=None, **extra) -> None:
     """Write one self-describing checkpoint atomically: a temporary file in the same folder, then `os.replace`."""
-    import minvar
+    import minvar  # the version goes into the file, for whoever reads it in a year
     payload = {"kind": kind, "minvar_version": minvar.__version__, "config": asdict(config),
                "model": model.state_dict(), "step": int(step), "class_names": list(class_names or []),
                "optimizer": optimizer.state_dict() if optimizer is not None else None, **extra}
@@ -197,14 +215,14 @@ def config_from_dict(config_class, values: Dict[str, Any]):
     if unknown:
         raise CheckpointError(f"the checkpoint's {config_class.__name__} has fields {unknown} that this minvar "
                               f"version does not know; was it written by another version?")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}  # tuples survive as lists
     return config_class(**values)
 
 
 def load_tokenizer(path_or_dict) -> VQVAE:
     """A minvar tokenizer checkpoint, or an official VQVAE state dict, -> a frozen VQVAE in eval mode."""
     data = read_file(path_or_dict)
-    if "kind" not in data and kind_of_state_dict(data) == "vqvae":
+    if "kind" not in data and kind_of_state_dict(data) == "vqvae":  # the released vae_ch160v4096z32.pth
         return load_official_vqvae(data)
     data = load_checkpoint(path_or_dict if "kind" not in data else data, "minvar-tokenizer")
     vae = VQVAE(config_from_dict(VQVAEConfig, data["config"]))
@@ -215,7 +233,7 @@ def load_tokenizer(path_or_dict) -> VQVAE:
 def load_var(path_or_dict, use_ema: bool = True) -> VAR:
     """A minvar VAR checkpoint (its EMA weights if present and `use_ema`) or an official one -> VAR in eval mode."""
     data = read_file(path_or_dict)
-    if "kind" not in data and kind_of_state_dict(data) == "var":
+    if "kind" not in data and kind_of_state_dict(data) == "var":  # a released var_dN.pth
         return load_official_var(data)
     data = load_checkpoint(path_or_dict if "kind" not in data else data, "minvar-var")
     var = VAR(config_from_dict(VARConfig, data["config"]))

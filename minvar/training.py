@@ -28,6 +28,23 @@ import torch.distributed as dist
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# command line
+def add_common_arguments(parser, out_dir: str, image_size, image_size_help: str) -> None:
+    """The flags both training scripts share (run folder, resume, seed, device, precision, data)."""
+    parser.add_argument("--out-dir", default=out_dir, help="run folder: log.txt, checkpoint.pt, image grids")
+    parser.add_argument("--resume", action="store_true", help="continue from <out-dir>/checkpoint.pt exactly")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the init, the data order and label dropout")
+    parser.add_argument("--device", default="auto", help="'cpu', 'cuda', or 'auto' (CUDA when present)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA or CPU)")
+    parser.add_argument("--data-path", default=None, help="image folder (one sub-folder per class); "
+                        "absent: the built-in shapes dataset")
+    parser.add_argument("--image-size", type=int, default=image_size, help=image_size_help)
+    parser.add_argument("--num-images", type=int, default=20_000, help="size of the built-in dataset")
+    parser.add_argument("--hflip", action="store_true", help="random horizontal flips")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # distributed
 @dataclass
 class Distributed:

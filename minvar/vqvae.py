@@ -85,9 +85,9 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.nin_shortcut(x) + h
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, H, W)
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))  # (B, C_out, H, W)
+        return self.nin_shortcut(x) + h  # pre-activation residual: the identity path stays clean
 
 
 class AttnBlock(nn.Module):
@@ -103,6 +103,7 @@ class AttnBlock(nn.Module):
         B, C, H, W = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).unbind(1)  # each (B, C, H*W)
         q, k, v = (t.transpose(1, 2).unsqueeze(1) for t in (q, k, v))  # each (B, 1, H*W, C): one head
+        # softmax(q·kᵀ / √C)·v as the official bmm code, through SDPA (same numbers, a fused kernel where available)
         h = F.scaled_dot_product_attention(q, k, v, scale=C ** -0.5)  # (B, 1, H*W, C)
         h = h.squeeze(1).transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
         return x + self.proj_out(h)
@@ -156,9 +157,9 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
         ch, mult = cfg.channels, cfg.channel_mult
-        self.conv_in = nn.Conv2d(3, ch, 3, 1, 1)
+        self.conv_in = nn.Conv2d(3, ch, 3, 1, 1)  # RGB -> ch channels at full resolution
         self.down = nn.ModuleList()
-        block_in = ch
+        block_in = ch  # channels entering the next block; grows with the level's multiplier
         for level, m in enumerate(mult):
             stage, block_out = Level(), ch * m
             stage.block = nn.ModuleList()
@@ -173,7 +174,7 @@ class Encoder(nn.Module):
             self.down.append(stage)
         self.mid = Middle(block_in, cfg.dropout, cfg.mid_attention, cfg.norm_groups)
         self.norm_out = Normalize(block_in, cfg.norm_groups)
-        self.conv_out = nn.Conv2d(block_in, cfg.code_dim, 3, 1, 1)
+        self.conv_out = nn.Conv2d(block_in, cfg.code_dim, 3, 1, 1)  # to Cvae channels; no "double_z" (not a VAE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)  # (B, ch, H, W)
@@ -194,7 +195,7 @@ class Decoder(nn.Module):
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
         ch, mult = cfg.channels, cfg.channel_mult
-        block_in = ch * mult[-1]
+        block_in = ch * mult[-1]  # the decoder mirrors the encoder: it starts at the widest level
         self.conv_in = nn.Conv2d(cfg.code_dim, block_in, 3, 1, 1)
         self.mid = Middle(block_in, cfg.dropout, cfg.mid_attention, cfg.norm_groups)
         levels = []
@@ -212,7 +213,7 @@ class Decoder(nn.Module):
             levels.insert(0, stage)  # index by level, so `up.{last}` is the lowest resolution (official layout)
         self.up = nn.ModuleList(levels)
         self.norm_out = Normalize(block_in, cfg.norm_groups)
-        self.conv_out = nn.Conv2d(block_in, 3, 3, 1, 1)
+        self.conv_out = nn.Conv2d(block_in, 3, 3, 1, 1)  # to RGB; the output is unbounded, callers clamp
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))  # (B, ch·mult[-1], h, w)
@@ -232,7 +233,7 @@ class VQVAE(nn.Module):
     def __init__(self, cfg: VQVAEConfig = None):
         super().__init__()
         self.config = cfg = cfg or VQVAEConfig()
-        cfg.check()
+        cfg.check()  # a schedule that does not fit the image size fails here, before any weight is allocated
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         self.quantize = MultiScaleQuantizer(cfg.vocab_size, cfg.code_dim, cfg.patch_nums, cfg.beta,
@@ -243,6 +244,7 @@ class VQVAE(nn.Module):
 
     @property
     def patch_nums(self) -> Tuple[int, ...]:
+        """The sides of the K token maps, coarse to fine (the quantizer owns the schedule)."""
         return self.quantize.patch_nums
 
     @classmethod
