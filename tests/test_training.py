@@ -1,0 +1,48 @@
+"""The training recipe matches the official one: the lr/wd schedule, the weight-decay groups, the data order."""
+import json
+
+import pytest
+import torch
+
+from conftest import FIXTURES, require
+from minvar.training import Distributed, StepBatchSampler, global_batch_indices, lr_wd_at
+
+RECIPE_FLAGS = {"d16": dict(final_lr_ratio=0.1, final_weight_decay=0.05),
+                "d20": dict(final_lr_ratio=0.1, final_weight_decay=0.05),
+                "d24": dict(final_lr_ratio=0.01, final_weight_decay=0.05),
+                "d30": dict(final_lr_ratio=0.01, final_weight_decay=0.08)}
+
+
+@pytest.mark.parametrize("model", ["d16", "d20", "d24", "d30"])
+def test_lr_and_weight_decay_match_official_schedule(model):
+    """lr_wd_at reproduces the official lr_wd_annealing('lin0') values recorded in train_schedule.json."""
+    schedule = json.loads(require(FIXTURES / "train_schedule.json").read_text())["lr_wd_annealing_lin0"][model]
+    for point in schedule["points"]:
+        lr, wd = lr_wd_at(point["it"], schedule["max_it"], schedule["peak_lr"], int(schedule["warmup_iters"]),
+                          **RECIPE_FLAGS[model])
+        assert lr == pytest.approx(point["lr"], rel=1e-9), point
+        assert wd == pytest.approx(point["wd"], rel=1e-9), point
+
+
+def test_weight_decay_groups_match_official(official_tiny):
+    """Which parameters decay: exactly the official groups (class_emb, word_embed, head weights decay)."""
+    _, var = official_tiny
+    groups = json.loads(require(FIXTURES / "train_schedule.json").read_text())["param_groups"]
+    names = {id(p): n for n, p in var.named_parameters()}
+    decay, no_decay = var.parameter_groups(0.05)
+    assert sorted(names[id(p)] for p in decay["params"]) == sorted(groups["wd"])
+    assert sorted(names[id(p)] for p in no_decay["params"]) == sorted(groups["no_wd"])
+
+
+def test_data_order_is_a_permutation_per_epoch_and_split_across_ranks():
+    """Each epoch visits every image once; two ranks' slices together are exactly the one-process batch."""
+    n, global_batch = 10, 4
+    stream = sum((global_batch_indices(s, global_batch, n, seed=3) for s in range(5)), [])  # 20 = two epochs
+    assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:]) == list(range(10))
+    assert stream[:10] != stream[10:]  # a new permutation each epoch
+    one = list(StepBatchSampler(n, 4, 3, 0, 5, Distributed(0, 1)))
+    ranks = [list(StepBatchSampler(n, 2, 3, 0, 5, Distributed(r, 2))) for r in range(2)]
+    for step in range(5):
+        assert one[step] == ranks[0][step] + ranks[1][step]
+    resumed = list(StepBatchSampler(n, 4, 3, 2, 5, Distributed(0, 1)))
+    assert resumed == one[2:]  # resuming at step 2 yields the same batches as never stopping
