@@ -103,7 +103,7 @@ def main(argv=None):
             source = Image.open(args.edit).convert("RGB").resize((size, size), Image.LANCZOS)
         except OSError as error:
             raise SystemExit(f"error: cannot read --edit image {args.edit!r}: {error}")
-        image = torch.from_numpy(np.asarray(source)).permute(2, 0, 1).float().div(127.5).sub(1)[None].to(device)
+        image = torch.from_numpy(np.array(source)).permute(2, 0, 1).float().div(127.5).sub(1)[None].to(device)
         keep = box_keep_mask(vae.patch_nums[-1], [float(v) for v in args.box.split(",")], args.mode)
         label = classes[0] if args.classes != "all" else None  # no class: plain in/out-painting
         images = edit(var, vae, image.expand(args.per_class, -1, -1, -1), keep, label=label, cfg=args.cfg,

@@ -129,8 +129,8 @@ def main(argv=None):
     # 3. model and losses ---------------------------------------------------------------------------------------
     torch.manual_seed(args.seed)
     vae = VQVAE(config).to(device)
-    # every code starts "alive" (mean hit share), so dead-code restarts only hit codes that then stay unused
-    vae.quantize.ema_vocab_hit_SV.fill_(1.0 / config.vocab_size)
+    # Usage EMAs start at zero, so the first dead-code restart (step --restart-every) re-seeds every unused code
+    # from real residuals: a data-dependent codebook init.
     perceptual = discriminator = None
     if args.perceptual_weights:
         from minvar.losses import PerceptualLoss

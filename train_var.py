@@ -226,7 +226,7 @@ def main(argv=None):
                             ema_model=ema.model.state_dict() if ema is not None else None,
                             tokenizer=tokenizer_state, tokenizer_path=os.path.abspath(args.tokenizer),
                             rng_state=torch.get_rng_state(), args=vars(args))
-    if distributed.is_main:
+    if distributed.is_main and start_step < steps:  # a resumed, already finished run trains no step
         print(f"VAR: final loss {loss.item():.4f}; checkpoint {checkpoint_path}")
     if distributed.world_size > 1:
         torch.distributed.destroy_process_group()

@@ -86,6 +86,9 @@ class MultiScaleQuantizer(nn.Module):
             raise ValueError(f"patch_nums must strictly grow from coarse to fine, got {self.patch_nums}")
         num_phis = num_phis if num_phis > 0 else len(self.patch_nums)  # 0 means one Φ per scale, as official
         self.embedding = nn.Embedding(vocab_size, code_dim)  # the single codebook shared by all scales
+        # Small uniform init (taming/VQGAN): with N(0, 1) codes far from the encoder's outputs, a few codes would win
+        # every lookup from the first step on (collapse). Loaded checkpoints overwrite it.
+        nn.init.uniform_(self.embedding.weight, -1.0 / vocab_size, 1.0 / vocab_size)
         self.quant_resi = PhiBank(code_dim, num_phis, len(self.patch_nums), phi_ratio)
         # How often each code was picked at each scale (EMA). The official checkpoint carries it as a buffer;
         # minvar's tokenizer training fills it to log codebook usage and to find dead codes.
@@ -249,19 +252,27 @@ class MultiScaleQuantizer(nn.Module):
     # fighting codebook collapse during tokenizer training
     @torch.no_grad()
     def restart_dead_codes(self, f_BChw: torch.Tensor, threshold: float = 1e-4, generator=None) -> int:
-        """Re-initialise codes that no scale has used lately to random latent vectors of the current batch.
+        """Re-initialise codes that no scale has used lately to residual vectors of the current batch.
 
         NOTE (not in official VAR, which ships no tokenizer training): the standard remedy for codebook collapse
         (e.g. Dhariwal et al. 2020, Jukebox). A code is dead when its EMA hit share is below `threshold` at every
-        scale. Its EMA is reset to the mean share so it gets a grace period. Returns how many codes were restarted.
+        scale. It is replaced by a residual z_k that Algorithm 1 actually quantizes at some scale k (the vectors a
+        code must match; the raw latent would only suit the 1×1 scale), so the first call, with all EMAs at zero,
+        doubles as a data-dependent codebook init. A restarted code gets a few hundred steps of grace.
+        Returns how many codes were restarted.
         """
         dead_V = (self.ema_vocab_hit_SV < threshold).all(dim=0)  # (V,)
         num_dead = int(dead_V.sum())
         if num_dead == 0:
             return 0
-        pool_NC = f_BChw.detach().float().permute(0, 2, 3, 1).reshape(-1, self.code_dim)  # (B*h*w, Cvae)
+        _, f_hats = self.encode(f_BChw)
+        residuals = []
+        for k, pn in enumerate(self.patch_nums):  # z_k = area_down(f - f̂_{<k}, pn_k), what scale k quantizes
+            before = f_hats[k - 1] if k > 0 else torch.zeros_like(f_BChw)
+            z_BChw = self.area_down(f_BChw.float() - before, pn)  # (B, Cvae, pn, pn)
+            residuals.append(z_BChw.permute(0, 2, 3, 1).reshape(-1, self.code_dim))  # (B*pn*pn, Cvae)
+        pool_NC = torch.cat(residuals)  # (B*L, Cvae)
         pick = torch.randint(0, pool_NC.shape[0], (num_dead,), generator=generator, device=pool_NC.device)
-        noise = 0.01 * pool_NC.std() * torch.randn(num_dead, self.code_dim, generator=generator, device=pool_NC.device)
-        self.embedding.weight.data[dead_V] = pool_NC[pick] + noise  # (num_dead, Cvae)
-        self.ema_vocab_hit_SV[:, dead_V] = 1.0 / self.vocab_size
+        self.embedding.weight.data[dead_V] = pool_NC[pick]  # (num_dead, Cvae)
+        self.ema_vocab_hit_SV[:, dead_V] = 4 * threshold  # grace: ~140 unused steps at momentum 0.99
         return num_dead
