@@ -34,8 +34,8 @@ def parse_args(argv=None):
                         "otherwise the one recorded in the VAR checkpoint")
     parser.add_argument("--classes", default="all", help="comma-separated class ids or names, or 'all'")
     parser.add_argument("--per-class", type=int, default=8, help="samples per class")
-    parser.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance strength")
-    parser.add_argument("--top-k", type=int, default=0, help="top-k sampling (0: off, 1: greedy)")
+    parser.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance strength")
+    parser.add_argument("--top-k", type=int, default=20, help="top-k sampling (0: off, 1: greedy)")
     parser.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling mass (0: off)")
     parser.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax soft code vectors (official "
                         "demo option; better visuals, not used for FID)")
