@@ -1,0 +1,122 @@
+"""The tutorials (tutorials/*.py) run end to end in --fast mode and write what they promise.
+
+Students read the tutorials top to bottom and run them as scripts, so that is how they are tested: each one in a
+subprocess, `python tutorials/NN_name.py --fast --out-dir DIR`, from the repository root with OMP_NUM_THREADS=1.
+`--runs-dir` points at an empty folder, so a local quickstart run is never picked up: every tutorial takes its
+stand-in path (train a few steps with train_tokenizer.py / train_var.py). All tutorials share one output folder, so
+a stand-in trained by one is reused by the next; 03 (which trains them) runs first so that they are trained once.
+Any order works; only the time changes.
+"""
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = Path(os.environ.get("MINVAR_SHARED", REPO.parent / "shared")) / "fixtures" / "official_var_tiny"
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tutorial_figures")
+
+
+def run_tutorial(name: str, out_dir: Path, *extra: str) -> str:
+    """Run one tutorial in --fast mode as a student would; fail with its output if it exits non-zero."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONIOENCODING="utf-8", MPLBACKEND="Agg")
+    command = [sys.executable, str(REPO / "tutorials" / name), "--fast", "--out-dir", str(out_dir),
+               "--runs-dir", str(out_dir / "no_quickstart_here"), *extra]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (f"{name} exited with {result.returncode}\n--- stdout (end) ---\n"
+                                    f"{result.stdout[-4000:]}\n--- stderr (end) ---\n{result.stderr[-4000:]}")
+    return result.stdout
+
+
+def assert_png_files(out_dir: Path, names) -> None:
+    """Each file exists, is a PNG (signature), and decodes to a non-empty image."""
+    for name in names:
+        path = out_dir / name
+        assert path.is_file(), f"{name} was not written"
+        with open(path, "rb") as file:
+            assert file.read(8) == b"\x89PNG\r\n\x1a\n", f"{name} is not a PNG file"
+        with Image.open(path) as image:
+            image.load()  # decodes every byte: a truncated file fails here
+            assert image.width > 10 and image.height > 10, f"{name} is an empty image"
+
+
+def test_03_training_trains_both_stages_and_plots_the_logs(out_dir):
+    """03 trains a tokenizer and a VAR through the scripts' main() and plots the loss curves read from log.txt."""
+    stdout = run_tutorial("03_training.py", out_dir)
+    assert_png_files(out_dir, ["03_loss_curves.png", "03_final_grids.png"])
+    assert (out_dir / "standin_fast" / "var" / "checkpoint.pt").is_file()
+    # the VAR loss of the first logged step is printed before the last one: "loss 6.238 -> 5.847 nats per token"
+    first, last = map(float, re.search(r"VAR:\s+loss ([\d.]+) -> ([\d.]+) nats", stdout).groups())
+    assert last < first, "the VAR training loss did not fall at all"
+
+
+def test_01_tokenizer_round_trip_and_pyramid(out_dir):
+    """01 rebuilds Algorithm 1 by hand (same tokens as the library), checks Algorithm 1 -> 2, draws the pyramid."""
+    stdout = run_tutorial("01_tokenizer.py", out_dir)
+    assert_png_files(out_dir, ["01_token_maps.png", "01_residual.png", "01_reconstruction_pyramid.png"])
+    assert "same tokens as vae.quantize.encode (the library's Algorithm 1): True" in stdout
+    round_trip = float(re.search(r"Algorithm 1 -> 2 round trip: .* = ([-+0-9.e]+)", stdout).group(1))
+    assert round_trip < 1e-4
+
+
+def test_02_next_scale_prediction_kv_cache_matches_teacher_forcing(out_dir):
+    """02's teacher-forced logits and KV-cached logits agree (the printed difference is below 1e-4)."""
+    stdout = run_tutorial("02_next_scale_prediction.py", out_dir)
+    assert_png_files(out_dir, ["02_block_causal_mask.png", "02_sequence_layout.png", "02_cfg_schedule.png",
+                               "02_cfg_samples.png"])
+    match = re.search(r"teacher-forcing vs KV-cache max abs logit difference: ([-+0-9.e]+)", stdout)
+    assert match, "02 did not print the teacher-forcing vs KV-cache difference"
+    assert float(match.group(1)) < 1e-4
+
+
+def test_04_editing_keeps_the_source_tokens(out_dir):
+    """04 in-paints, out-paints and class-edits, and the kept tokens are the source's at every scale."""
+    stdout = run_tutorial("04_editing.py", out_dir)
+    assert_png_files(out_dir, ["04_keep_masks.png", "04_editing.png"])
+    assert stdout.count("kept tokens equal the source's at every scale: True") == 3
+
+
+def test_05_scaling_laws_writes_a_fit_over_five_sizes(out_dir):
+    """05 trains at least five sizes on the same tokens and reports a finite power-law exponent and R²."""
+    run_tutorial("05_scaling_laws.py", out_dir)
+    assert_png_files(out_dir, ["scaling.png"])
+    report = json.loads((out_dir / "scaling.json").read_text())
+    assert len(report["sizes"]) >= 5
+    assert len({size["params"] for size in report["sizes"]}) == len(report["sizes"]), "two sizes are the same"
+    assert math.isfinite(report["fit_params"]["exponent"]) and math.isfinite(report["fit_params"]["r2"])
+    assert all(math.isfinite(size["final_loss"]) for size in report["sizes"])
+    assert report["elapsed_seconds"] > 0
+
+
+def test_06_official_checkpoints_explains_and_loads_the_official_layout(out_dir):
+    """Without the released files, 06 prints where to get them and, with ../shared's fixture, reproduces the
+    official code's samples token for token through the same from_official loading path."""
+    missing = out_dir / "no_checkpoints"
+    stdout = run_tutorial("06_official_checkpoints.py", out_dir, "--vae", str(missing / "vae.pth"),
+                          "--var", str(missing / "var.pth"))
+    assert "huggingface.co/FoundationVision/var" in stdout
+    if not FIXTURE.is_dir():
+        pytest.skip(f"{FIXTURE} not found: the official-layout part of tutorial 06 was not exercised")
+    assert_png_files(out_dir, ["06_official_layout_samples.png"])
+    assert stdout.count("tokens identical to the official run: True") == 2
+
+
+def test_06_official_checkpoints_samples_when_the_files_are_there(out_dir):
+    """With files at --vae/--var (here the fixture's official-layout weights stand in for the released ones), 06
+    loads them through from_official, samples, and writes its figure."""
+    if not FIXTURE.is_dir():
+        pytest.skip(f"{FIXTURE} not found: no official-layout weights to stand in for the released files")
+    stdout = run_tutorial("06_official_checkpoints.py", out_dir, "--vae", str(FIXTURE / "vae_state_dict.pt"),
+                          "--var", str(FIXTURE / "var_state_dict.pt"))
+    assert_png_files(out_dir, ["06_official_samples.png"])
+    assert "4,612,867 parameters" in stdout and "1,375,620 parameters" in stdout
