@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from minvar.checkpoint import CheckpointError, load_checkpoint, load_tokenizer, load_var, read_file
+from minvar.checkpoint import CheckpointError, load_tokenizer, load_var, read_file
 from minvar.data import save_image_grid, to_uint8_images
 from minvar.sampling import box_keep_mask, check_pair, edit, generate
 

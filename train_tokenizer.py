@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from minvar.checkpoint import CheckpointError, config_from_dict, load_checkpoint, save_checkpoint
+from minvar.checkpoint import CheckpointError, config_from_dict, save_checkpoint
 from minvar.data import DataError, build_dataset, save_image_grid
 from minvar.metrics import codebook_usage, psnr
 from minvar.training import (RunLog, add_common_arguments, all_reduce_mean, autocast, make_loader, resolve_device,
-                             setup_distributed, unwrap)
+                             resume_from, setup_distributed, unwrap)
 from minvar.vqvae import VQVAE, VQVAE_PRESETS, VQVAEConfig
 
 
@@ -101,21 +101,13 @@ def evaluate(vae: VQVAE, images: torch.Tensor) -> dict:
 def main(argv=None):
     # 1. config -------------------------------------------------------------------------------------------------
     args = parse_args(argv)
-    distributed = setup_distributed(args.device if args.device != "auto" else
-                                    ("cuda" if torch.cuda.is_available() else "cpu"))
+    distributed = setup_distributed(args.device)
     device = resolve_device(args.device, distributed)
-    checkpoint_path = os.path.join(args.out_dir, "checkpoint.pt")
-    resumed = None
-    if args.resume:
-        if not os.path.exists(checkpoint_path):
-            raise SystemExit(f"error: --resume given but {checkpoint_path} does not exist")
-        try:
-            resumed = load_checkpoint(checkpoint_path, "minvar-tokenizer")
-            config = config_from_dict(VQVAEConfig, resumed["config"])
-        except CheckpointError as error:
-            raise SystemExit(f"error: {error}")
-    else:
-        config = build_config(args)
+    checkpoint_path, resumed = resume_from(args.out_dir, "minvar-tokenizer", args.resume)
+    try:
+        config = config_from_dict(VQVAEConfig, resumed["config"]) if resumed else build_config(args)
+    except CheckpointError as error:
+        raise SystemExit(f"error: {error}")
     log = RunLog(args.out_dir, distributed)
     log.write(f"args: {json.dumps(vars(args))}")
 

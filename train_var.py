@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from minvar.checkpoint import (CheckpointError, config_from_dict, load_checkpoint, load_tokenizer, save_checkpoint)
+from minvar.checkpoint import CheckpointError, config_from_dict, load_tokenizer, save_checkpoint
 from minvar.data import DataError, build_dataset, save_image_grid
 from minvar.sampling import check_pair, generate
 from minvar.training import (EMA, RunLog, add_common_arguments, all_reduce_mean, autocast, lr_wd_at, make_loader,
-                             resolve_device, set_lr_wd, setup_distributed, step_generator)
+                             resolve_device, resume_from, set_lr_wd, setup_distributed, step_generator)
 from minvar.var import VAR, VAR_PRESETS, VARConfig
 
 # Training recipes. dN are the official ImageNet ones (README of FoundationVision/VAR and facts §3): global batch,
@@ -100,19 +100,10 @@ def sample_grid(var, vae, class_names, path: str, cfg: float, seed: int = 0) -> 
 def main(argv=None):
     # 1. config -------------------------------------------------------------------------------------------------
     args = parse_args(argv)
-    distributed = setup_distributed(args.device if args.device != "auto" else
-                                    ("cuda" if torch.cuda.is_available() else "cpu"))
+    distributed = setup_distributed(args.device)
     device = resolve_device(args.device, distributed)
     recipe = RECIPES[args.preset]
-    checkpoint_path = os.path.join(args.out_dir, "checkpoint.pt")
-    resumed = None
-    if args.resume:
-        if not os.path.exists(checkpoint_path):
-            raise SystemExit(f"error: --resume given but {checkpoint_path} does not exist")
-        try:
-            resumed = load_checkpoint(checkpoint_path, "minvar-var")
-        except CheckpointError as error:
-            raise SystemExit(f"error: {error}")
+    checkpoint_path, resumed = resume_from(args.out_dir, "minvar-var", args.resume)
     try:
         vae = load_tokenizer(resumed["tokenizer"] if resumed and resumed.get("tokenizer") else args.tokenizer)
     except CheckpointError as error:

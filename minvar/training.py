@@ -65,6 +65,8 @@ def setup_distributed(device: str) -> Distributed:
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Distributed()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     backend = "nccl" if device.startswith("cuda") else "gloo"
     dist.init_process_group(backend=backend)
     info = Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
@@ -82,6 +84,20 @@ def resolve_device(name: str, distributed: Distributed) -> torch.device:
     if name == "cuda" and distributed.world_size > 1:
         name = f"cuda:{distributed.local_rank}"
     return torch.device(name)
+
+
+def resume_from(out_dir: str, kind: str, resume: bool):
+    """(checkpoint path, the checkpoint dict to resume from or None); a missing or wrong file ends the script."""
+    from minvar.checkpoint import CheckpointError, load_checkpoint
+    path = os.path.join(out_dir, "checkpoint.pt")
+    if not resume:
+        return path, None
+    if not os.path.exists(path):
+        raise SystemExit(f"error: --resume given but {path} does not exist")
+    try:
+        return path, load_checkpoint(path, kind)
+    except CheckpointError as error:
+        raise SystemExit(f"error: {error}")
 
 
 def all_reduce_mean(value: torch.Tensor, distributed: Distributed) -> torch.Tensor:
