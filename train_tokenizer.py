@@ -25,7 +25,7 @@ from minvar.checkpoint import CheckpointError, config_from_dict, save_checkpoint
 from minvar.data import DataError, build_dataset, save_image_grid
 from minvar.metrics import codebook_usage, psnr
 from minvar.training import (RunLog, add_common_arguments, all_reduce_mean, autocast, make_loader, resolve_device,
-                             resume_from, setup_distributed, unwrap)
+                             resume_from, setup_distributed, unwrap, wrap_ddp)
 from minvar.vqvae import VQVAE, VQVAE_PRESETS, VQVAEConfig
 
 
@@ -152,13 +152,9 @@ def main(argv=None):
             disc_optimizer.load_state_dict(resumed["disc_optimizer"])
         start_step = resumed["step"]
         log.write(f"resumed from step {start_step}")
-    model = vae
-    if distributed.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(vae, device_ids=[device.index] if device.type == "cuda"
-                                                          else None)
-        if discriminator is not None:
-            discriminator = torch.nn.parallel.DistributedDataParallel(discriminator, device_ids=[device.index]
-                                                                      if device.type == "cuda" else None)
+    model = wrap_ddp(vae, distributed, device)
+    if discriminator is not None:
+        discriminator = wrap_ddp(discriminator, distributed, device)
     restart_generator = torch.Generator(device=device).manual_seed(args.seed + 17)
     if resumed is not None and resumed.get("restart_rng") is not None:
         restart_generator.set_state(resumed["restart_rng"].to("cpu") if device.type == "cpu" else resumed["restart_rng"])

@@ -24,7 +24,7 @@ from minvar.checkpoint import CheckpointError, config_from_dict, load_tokenizer,
 from minvar.data import DataError, build_dataset, save_image_grid
 from minvar.sampling import check_pair, generate
 from minvar.training import (EMA, RunLog, add_common_arguments, all_reduce_mean, autocast, lr_wd_at, make_loader,
-                             resolve_device, resume_from, set_lr_wd, setup_distributed, step_generator)
+                             resolve_device, resume_from, set_lr_wd, setup_distributed, step_generator, wrap_ddp)
 from minvar.var import VAR, VAR_PRESETS, VARConfig
 
 # Training recipes. dN are the official ImageNet ones (README of FoundationVision/VAR and facts §3): global batch,
@@ -158,10 +158,7 @@ def main(argv=None):
         torch.set_rng_state(resumed["rng_state"])
         start_step = resumed["step"]
         log.write(f"resumed from step {start_step}")
-    model = var
-    if distributed.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(var, device_ids=[device.index] if device.type == "cuda"
-                                                          else None)
+    model = wrap_ddp(var, distributed, device)
     tokenizer_state = {"kind": "minvar-tokenizer", "config": vars(vae.config), "model": vae.state_dict()} \
         if sum(p.numel() for p in vae.parameters()) < 20_000_000 else None  # embed small tokenizers
 

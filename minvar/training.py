@@ -86,6 +86,13 @@ def resolve_device(name: str, distributed: Distributed) -> torch.device:
     return torch.device(name)
 
 
+def wrap_ddp(model: torch.nn.Module, distributed: Distributed, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel around `model` under torchrun (gradients averaged over processes), else the model."""
+    if distributed.world_size <= 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def resume_from(out_dir: str, kind: str, resume: bool):
     """(checkpoint path, the checkpoint dict to resume from or None); a missing or wrong file ends the script."""
     from minvar.checkpoint import CheckpointError, load_checkpoint
