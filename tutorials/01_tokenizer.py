@@ -49,7 +49,7 @@ print("(the released 256px VAE: a 16×16 latent, patch_nums (1,2,3,4,5,6,8,10,13
 
 # Held-out images of the built-in dataset (another seed than training): a few different shapes and colours.
 dataset = ShapesDataset(64, cfg.image_size, seed=args.seed + HELD_OUT_SEED_OFFSET)
-picked = [0, 6, 12, 8]  # label = index % 15: red circle, green square, blue triangle, green star
+picked = [0, 6, 12, 8]  # label = index % 15: red circle, green square, blue triangle, green bar
 images = torch.stack([dataset[i][0] for i in picked])  # (B, 3, H, W) in [-1, 1]
 names = [dataset.class_names[dataset[i][1]] for i in picked]
 print(f"images: {names}, tensor {tuple(images.shape)} in [-1, 1]")
