@@ -4,7 +4,7 @@ Every step: images -> tokens of all K scales with the frozen VQVAE (Algorithm 1,
 trainer) -> teacher-forcing input (cumulative f̂ downsampled to each next scale) -> one block-causal forward that
 predicts every scale at once -> cross entropy over all L tokens (uniform weights, as official).
 
-Quickstart on the built-in shapes dataset (measured 7.8 min on 2 idle CPU cores, after train_tokenizer.py):
+Quickstart on the built-in shapes dataset (measured 14.9 min on 2 idle CPU cores, after train_tokenizer.py):
     python train_var.py
 The official ImageNet recipe for VAR-d16 on 8 GPUs per node (global batch 768, 200 epochs):
     torchrun --nproc_per_node 8 train_var.py --preset d16 --data-path /data/imagenet/train --image-size 256 \

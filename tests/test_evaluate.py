@@ -1,0 +1,79 @@
+"""evaluate.py end to end, on "samples" that are real shapes images, so the right answers are known.
+
+What is protected: the report's accuracy is the share of samples the judge assigns to their label (real images with
+their true labels score high, the same images with shifted labels score low); the per-class accuracies average to
+the overall one; real images as samples land near the real-vs-real floors of the distribution metrics, which ignore
+labels; the judge file is written once and reused; a missing samples file is a clear error.
+"""
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+
+if str(REPO) not in sys.path:  # the scripts live at the repository root, beside the minvar package
+    sys.path.insert(0, str(REPO))
+import evaluate  # noqa: E402
+from minvar.data import ShapesDataset, to_uint8_images  # noqa: E402
+
+NUM_CLASSES = 15
+
+
+def write_samples(path, images, labels) -> None:
+    """A guided-diffusion style samples.npz, as sample.py writes it: arr_0 uint8 (N, H, W, 3) and labels (N,)."""
+    np.savez(path, arr_0=to_uint8_images(images), labels=np.asarray(labels))
+
+
+@pytest.fixture(scope="module")
+def report_pair(tmp_path_factory):
+    """Two evaluations of the same 90 real images (another seed than evaluate's reference sets): once with their
+    true labels, once with every label shifted by one class. The second run reuses the judge file of the first."""
+    folder = tmp_path_factory.mktemp("evaluate")
+    dataset = ShapesDataset(90, seed=123)
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])  # (90, 3, 32, 32) in [-1, 1]
+    labels = np.array([dataset[i][1] for i in range(len(dataset))])
+    write_samples(folder / "right.npz", images, labels)
+    write_samples(folder / "wrong.npz", images, (labels + 1) % NUM_CLASSES)
+    judge = folder / "judge.pt"
+    common = ["--judge", str(judge), "--judge-steps", "150", "--num-real", "90", "--tokenizer", "none"]
+    evaluate.main(["--samples", str(folder / "right.npz"), "--out", str(folder / "right.json"), *common])
+    judge_time = judge.stat().st_mtime_ns
+    evaluate.main(["--samples", str(folder / "wrong.npz"), "--out", str(folder / "wrong.json"), *common])
+    assert judge.stat().st_mtime_ns == judge_time, "the second run must load the saved judge, not train a new one"
+    return json.loads((folder / "right.json").read_text()), json.loads((folder / "wrong.json").read_text())
+
+
+def test_accuracy_follows_the_labels(report_pair):
+    right, wrong = report_pair
+    assert right["samples"] == 90 and right["real_per_set"] == 90
+    assert right["judge_accuracy_samples"] > 0.8, right
+    assert wrong["judge_accuracy_samples"] < 0.2, wrong
+    # the distribution metrics ignore labels: identical images give identical distances
+    assert right["frechet_distance_samples"] == pytest.approx(wrong["frechet_distance_samples"])
+
+
+def test_per_class_accuracy_adds_up(report_pair):
+    right, _ = report_pair
+    per_class = right["judge_accuracy_samples_per_class"]
+    names = ShapesDataset(1).class_names
+    assert sorted(per_class) == sorted(names)  # 90 images cycle through all 15 classes, 6 each
+    assert sum(per_class.values()) / len(per_class) == pytest.approx(right["judge_accuracy_samples"], abs=1e-3)
+
+
+def test_real_samples_sit_near_the_real_floor(report_pair):
+    """Real images as samples: precision and recall near the real-vs-real ones, distances of the same order."""
+    right, _ = report_pair
+    assert 0 <= right["frechet_distance_real_floor"] and 0 <= right["frechet_distance_samples"]
+    assert right["frechet_distance_samples"] < 10 * right["frechet_distance_real_floor"] + 1.0, right
+    for key in ("precision_samples", "recall_samples", "precision_real", "recall_real"):
+        assert 0.0 <= right[key] <= 1.0
+    assert right["precision_samples"] > 0.5 and right["recall_samples"] > 0.5, right
+
+
+def test_missing_samples_file_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit) as error:
+        evaluate.main(["--samples", str(tmp_path / "nothing.npz")])
+    assert "not found" in str(error.value) and "sample.py" in str(error.value)
