@@ -92,9 +92,9 @@ def main(argv=None):
                                              for i in range(0, half, 256)])
             report["judge_accuracy_reconstructions"] = evaluate_accuracy(judge, reconstructions, labels_a)
     if fake_labels is not None and int(fake_labels.max()) < judge.config.num_classes:
-        report["judge_accuracy_samples"] = evaluate_accuracy(judge, fake, fake_labels)
+        hits = judge_predict(judge, fake)[0].argmax(dim=-1) == fake_labels  # (N,) judged as their own class
+        report["judge_accuracy_samples"] = hits.float().mean().item()
         # per class: which classes the model draws well (e.g. rings) and which it does not (e.g. triangles)
-        hits = judge_predict(judge, fake)[0].argmax(dim=-1) == fake_labels  # (N,)
         names = getattr(real_set, "class_names", None) or [str(c) for c in range(judge.config.num_classes)]
         report["judge_accuracy_samples_per_class"] = {names[c]: round(hits[fake_labels == c].float().mean().item(), 4)
                                                       for c in sorted(set(fake_labels.tolist()))}
