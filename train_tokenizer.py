@@ -24,8 +24,8 @@ from tqdm import tqdm
 from minvar.checkpoint import CheckpointError, config_from_dict, save_checkpoint
 from minvar.data import DataError, build_dataset, save_image_grid
 from minvar.metrics import codebook_usage, psnr
-from minvar.training import (RunLog, add_common_arguments, all_reduce_mean, autocast, make_loader, resolve_device,
-                             resume_from, setup_distributed, unwrap, wrap_ddp)
+from minvar.training import (RunLog, add_common_arguments, all_reduce_mean, autocast, is_due, make_loader,
+                             resolve_device, resume_from, setup_distributed, unwrap, wrap_ddp)
 from minvar.vqvae import VQVAE, VQVAE_PRESETS, VQVAEConfig
 
 
@@ -58,9 +58,12 @@ def parse_args(argv=None):
     parser.add_argument("--dead-code-threshold", type=float, default=1e-4, help="EMA hit share under which a "
                         "code counts as dead at every scale")
     parser.add_argument("--restart-every", type=int, default=25, help="steps between dead-code restarts (0: off)")
-    parser.add_argument("--log-every", type=int, default=50, help="steps between log.txt lines")
-    parser.add_argument("--grid-every", type=int, default=500, help="steps between reconstruction grids")
-    parser.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
+    parser.add_argument("--log-every", type=int, default=50, help="steps between log.txt lines "
+                        "(0: only at the end)")
+    parser.add_argument("--grid-every", type=int, default=500, help="steps between reconstruction grids "
+                        "(0: only at the end)")
+    parser.add_argument("--save-every", type=int, default=500, help="steps between checkpoints "
+                        "(0: only at the end)")
     return parser.parse_args(argv)
 
 
@@ -161,6 +164,7 @@ def main(argv=None):
 
     # 5. train loop ---------------------------------------------------------------------------------------------
     loader = make_loader(train_set, args.batch_size, args.seed, start_step, args.steps, distributed, args.workers)
+    log.start(start_step)
     bar = tqdm(loader, initial=start_step, total=args.steps, disable=not distributed.is_main, desc="tokenizer",
                dynamic_ncols=True)
     vae.train()
@@ -214,20 +218,20 @@ def main(argv=None):
             bar.set_postfix(loss=f"{loss.item():.4f}", rec=f"{rec_loss.item():.4f}", vq=f"{vq_loss.item():.4f}",
                             lr=f"{lr:.1e}")
         done = step + 1
-        if done % args.log_every == 0 or done == args.steps:
+        if is_due(done, args.log_every, args.steps):
             alive = (vae.quantize.ema_vocab_hit_SV > args.dead_code_threshold).float().mean(dim=1).tolist()
             mean_loss = all_reduce_mean(loss.detach(), distributed).item()
             log.write(f"step {done} loss {mean_loss:.5f} rec {rec_loss.item():.5f} vq {vq_loss.item():.5f} "
-                      f"lr {lr:.2e} img/s {log.images_per_second(args.log_every * args.batch_size):.1f} "
+                      f"lr {lr:.2e} img/s {log.images_per_second(done, args.batch_size):.1f} "
                       f"codes alive per scale {[round(a, 3) for a in alive]} "
                       f"skipped images {getattr(train_set, 'num_skipped', 0)}")
-        if distributed.is_main and (done % args.grid_every == 0 or done == args.steps):
+        if distributed.is_main and is_due(done, args.grid_every, args.steps):
             metrics, reconstruction = evaluate(vae, held_out_images)
             vae.train()
             grid = torch.cat([held_out_images[:16], reconstruction[:16]])
             save_image_grid(grid, os.path.join(args.out_dir, f"reconstructions_{done:06d}.png"), nrow=16)
             log.write(f"step {done} held-out {json.dumps(metrics)}")
-        if distributed.is_main and (done % args.save_every == 0 or done == args.steps):
+        if distributed.is_main and is_due(done, args.save_every, args.steps):
             save_checkpoint(checkpoint_path, "minvar-tokenizer", vae, config, done, train_set.class_names,
                             optimizer, args=vars(args), restart_rng=restart_generator.get_state(),
                             discriminator=unwrap(discriminator).state_dict() if discriminator is not None else None,

@@ -23,8 +23,9 @@ from tqdm import tqdm
 from minvar.checkpoint import CheckpointError, config_from_dict, load_tokenizer, save_checkpoint
 from minvar.data import DataError, build_dataset, save_image_grid
 from minvar.sampling import check_pair, generate
-from minvar.training import (EMA, RunLog, add_common_arguments, all_reduce_mean, autocast, lr_wd_at, make_loader,
-                             resolve_device, resume_from, set_lr_wd, setup_distributed, step_generator, wrap_ddp)
+from minvar.training import (EMA, RunLog, add_common_arguments, all_reduce_mean, autocast, is_due, lr_wd_at,
+                             make_loader, resolve_device, resume_from, set_lr_wd, setup_distributed, step_generator,
+                             wrap_ddp)
 from minvar.var import VAR, VAR_PRESETS, VARConfig
 
 # Training recipes. dN are the official ImageNet ones (README of FoundationVision/VAR and facts §3): global batch,
@@ -71,9 +72,12 @@ def parse_args(argv=None):
     parser.add_argument("--cond-drop-rate", type=float, default=0.1, help="label dropout for guidance")
     parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0: no EMA)")
     # logging and sampling
-    parser.add_argument("--log-every", type=int, default=50, help="steps between log.txt lines")
-    parser.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids")
-    parser.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
+    parser.add_argument("--log-every", type=int, default=50, help="steps between log.txt lines "
+                        "(0: only at the end)")
+    parser.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids "
+                        "(0: only at the end)")
+    parser.add_argument("--save-every", type=int, default=500, help="steps between checkpoints "
+                        "(0: only at the end)")
     parser.add_argument("--cfg", type=float, default=4.0, help="guidance of the sample grids")
     return parser.parse_args(argv)
 
@@ -166,6 +170,7 @@ def main(argv=None):
 
     # 5. train loop ---------------------------------------------------------------------------------------------
     loader = make_loader(train_set, batch_size, args.seed, start_step, steps, distributed, args.workers)
+    log.start(start_step)
     bar = tqdm(loader, initial=start_step, total=steps, disable=not distributed.is_main, desc="VAR",
                dynamic_ncols=True)
     var.train()
@@ -198,20 +203,20 @@ def main(argv=None):
         if distributed.is_main:
             accuracy = (logits_BLV.argmax(-1) == target_BL).float().mean().item()
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.3f}", lr=f"{lr:.1e}")
-        if done % args.log_every == 0 or done == steps:
+        if is_due(done, args.log_every, steps):
             mean_loss = all_reduce_mean(loss.detach(), distributed).item()
             accuracy = all_reduce_mean((logits_BLV.argmax(-1) == target_BL).float().mean(), distributed).item()
             log.write(f"step {done} loss {mean_loss:.4f} acc {accuracy:.4f} lr {lr:.3e} wd {wd:.4f} "
                       f"grad_norm {grad_norm.item():.3f} "
-                      f"img/s {log.images_per_second(args.log_every * global_batch):.1f} "
+                      f"img/s {log.images_per_second(done, global_batch):.1f} "
                       f"skipped images {getattr(train_set, 'num_skipped', 0)}")
-        if distributed.is_main and (done % args.sample_every == 0 or done == steps):
+        if distributed.is_main and is_due(done, args.sample_every, steps):
             net = ema.model if ema is not None else var
             net.eval()
             sample_grid(net, vae, train_set.class_names, os.path.join(args.out_dir, f"samples_{done:06d}.png"),
                         args.cfg)
             var.train()
-        if distributed.is_main and (done % args.save_every == 0 or done == steps):
+        if distributed.is_main and is_due(done, args.save_every, steps):
             save_checkpoint(checkpoint_path, "minvar-var", var, config, done, train_set.class_names, optimizer,
                             ema_model=ema.model.state_dict() if ema is not None else None,
                             tokenizer=tokenizer_state, tokenizer_path=os.path.abspath(args.tokenizer),

@@ -255,7 +255,7 @@ class RunLog:
     def __init__(self, out_dir: str, distributed: Distributed):
         self.path = os.path.join(out_dir, "log.txt")
         self.enabled = distributed.is_main
-        self.last_time = time.time()
+        self.last_time, self.last_step = time.time(), None
         if self.enabled:
             os.makedirs(out_dir, exist_ok=True)
 
@@ -264,8 +264,19 @@ class RunLog:
             with open(self.path, "a") as file:
                 file.write(line.rstrip() + "\n")
 
-    def images_per_second(self, images: int) -> float:
+    def images_per_second(self, step: int, images_per_step: int) -> float:
+        """Throughput since the previous call (or since the log was made, counting from `start_step`)."""
         now = time.time()
-        rate = images / max(now - self.last_time, 1e-9)
-        self.last_time = now
+        rate = (step - self.last_step) * images_per_step / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_step = now, step
         return rate
+
+    def start(self, step: int) -> None:
+        """Restart the throughput clock at `step` (the first step this process trains)."""
+        self.last_time, self.last_step = time.time(), step
+
+
+def is_due(done: int, every: int, last: int) -> bool:
+    """Whether a periodic action (log, grid, checkpoint) runs after `done` steps: every `every` steps and after the
+    last one; `every` = 0 means only after the last."""
+    return done == last or (every > 0 and done % every == 0)

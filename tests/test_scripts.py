@@ -37,10 +37,10 @@ from minvar.vqvae import VQVAE  # noqa: E402
 # Small but enough to overfit: a few shapes images, batch 4, a 1-block 64-wide VAR with a high learning rate.
 # The tokenizer sees its 4 images as one full batch every step (a smooth loss curve) and restarts dead codes early.
 TOKENIZER_ARGS = ["--device", "cpu", "--num-images", "4", "--batch-size", "4", "--warmup-steps", "2",
-                  "--restart-every", "5", "--log-every", "1", "--grid-every", "100000", "--save-every", "100000"]
+                  "--restart-every", "5", "--log-every", "1", "--grid-every", "0", "--save-every", "0"]
 VAR_ARGS = ["--device", "cpu", "--num-images", "8", "--batch-size", "4", "--width", "64", "--depth", "1",
-            "--base-learning-rate", "0.5", "--warmup-steps", "2", "--log-every", "1", "--sample-every", "100000",
-            "--save-every", "100000", "--workers", "0"]
+            "--base-learning-rate", "0.5", "--warmup-steps", "2", "--log-every", "1", "--sample-every", "0",
+            "--save-every", "0", "--workers", "0"]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES, require
-from minvar.training import Distributed, StepBatchSampler, global_batch_indices, lr_wd_at
+from minvar.training import Distributed, StepBatchSampler, global_batch_indices, is_due, lr_wd_at
 
 RECIPE_FLAGS = {"d16": dict(final_lr_ratio=0.1, final_weight_decay=0.05),
                 "d20": dict(final_lr_ratio=0.1, final_weight_decay=0.05),
@@ -46,3 +46,11 @@ def test_data_order_is_a_permutation_per_epoch_and_split_across_ranks():
         assert one[step] == ranks[0][step] + ranks[1][step]
     resumed = list(StepBatchSampler(n, 4, 3, 2, 5, Distributed(0, 1)))
     assert resumed == one[2:]  # resuming at step 2 yields the same batches as never stopping
+
+
+def test_periodic_actions_run_every_n_steps_and_after_the_last():
+    """`--save-every 3` over 7 steps saves after 3, 6 and 7; 0 means only after the last step (it used to divide
+    by zero)."""
+    assert [done for done in range(1, 8) if is_due(done, 3, 7)] == [3, 6, 7]
+    assert [done for done in range(1, 8) if is_due(done, 0, 7)] == [7]
+    assert [done for done in range(1, 7) if is_due(done, 2, 6)] == [2, 4, 6]
