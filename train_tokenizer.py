@@ -39,7 +39,7 @@ def parse_args(argv=None):
     parser.add_argument("--vocab-size", type=int, default=None, help="override the preset's codebook size")
     parser.add_argument("--patch-nums", default=None, help="override the scale schedule, e.g. 1,2,3,4,6,8")
     # optimisation
-    parser.add_argument("--steps", type=int, default=2000, help="training steps")
+    parser.add_argument("--steps", type=int, default=1000, help="training steps")
     parser.add_argument("--batch-size", type=int, default=8, help="images per step per process")
     parser.add_argument("--learning-rate", type=float, default=3e-3, help="peak Adam learning rate")
     parser.add_argument("--warmup-steps", type=int, default=50, help="linear warmup, then cosine decay to 10%%")

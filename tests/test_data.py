@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from minvar.data import (DataError, ImageFolderDataset, ShapesDataset, build_dataset, save_image_grid,
-                         to_uint8_images)
+from minvar.data import (MAX_TILT_DEGREES, DataError, ImageFolderDataset, ShapesDataset, build_dataset,
+                         save_image_grid, to_uint8_images)
 
 
 def write_png(path, size=(40, 30), seed=0, mode="RGB"):
@@ -64,6 +64,30 @@ def test_shapes_colour_is_recoverable_from_pixels():
         colour = dataset.class_names[label].split()[0]
         assert ["red", "green", "blue"][shape_pixels.mean(dim=1).argmax()] == colour
 
+
+
+def shape_mask(image: torch.Tensor) -> np.ndarray:
+    """(H, W) bool: the strongly coloured pixels, i.e. the shape (the background is grey)."""
+    return (image.max(dim=0).values - image.min(dim=0).values > 0.6).numpy()
+
+
+def test_shapes_stand_upright_within_the_tilt_limit():
+    """A bar's long axis is within MAX_TILT_DEGREES of level, and a triangle's apex points up (no more of its area
+    above its bounding box's middle than below). Both fail for shapes drawn at any rotation (MAX_TILT_DEGREES 180)."""
+    dataset = ShapesDataset(150, image_size=32, seed=3)
+    for i in range(len(dataset)):
+        image, label = dataset[i]
+        shape = dataset.class_names[label].split()[1]
+        ys, xs = np.nonzero(shape_mask(image))
+        if shape == "bar":  # the principal axis of the pixel cloud
+            covariance = np.cov(np.stack([xs, ys]))
+            eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+            axis = eigenvectors[:, -1]  # the long axis
+            tilt = np.degrees(np.arctan2(abs(axis[1]), abs(axis[0])))
+            assert tilt <= MAX_TILT_DEGREES + 6, f"item {i}: bar tilted {tilt:.0f} degrees"
+        if shape == "triangle":  # tilted the full 30 degrees, one side is vertical and the two are equal
+            middle = (ys.min() + ys.max()) / 2
+            assert ys.mean() > middle - 0.5, f"item {i}: the triangle's area lies above its middle (apex down)"
 
 # ---------------------------------------------------------------------------------------------------------------
 # ImageFolderDataset
