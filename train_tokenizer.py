@@ -39,8 +39,8 @@ def parse_args(argv=None):
     parser.add_argument("--vocab-size", type=int, default=None, help="override the preset's codebook size")
     parser.add_argument("--patch-nums", default=None, help="override the scale schedule, e.g. 1,2,3,4,6,8")
     # optimisation
-    parser.add_argument("--steps", type=int, default=1000, help="training steps")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per step per process")
+    parser.add_argument("--steps", type=int, default=600, help="training steps")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per step per process")
     parser.add_argument("--learning-rate", type=float, default=3e-3, help="peak Adam learning rate")
     parser.add_argument("--warmup-steps", type=int, default=50, help="linear warmup, then cosine decay to 10%%")
     parser.add_argument("--grad-clip", type=float, default=1.0, help="global gradient-norm clip (0: off)")
