@@ -61,7 +61,7 @@ def parse_args(argv=None):
     parser.add_argument("--width", type=int, default=None, help="override the width (tiny preset)")
     # optimisation
     parser.add_argument("--steps", type=int, default=None, help="training steps; default: the recipe's epochs "
-                        "over the dataset (dN) or 1400 (tiny)")
+                        "over the dataset (dN) or 1300 (tiny)")
     parser.add_argument("--batch-size", type=int, default=None, help="images per step per process; default: "
                         "the recipe's global batch / number of processes")
     parser.add_argument("--base-learning-rate", type=float, default=None, help="peak lr per 256 images "
@@ -130,7 +130,7 @@ def main(argv=None):
     if recipe["epochs"] and args.steps is None:
         steps = recipe["epochs"] * math.ceil(len(train_set) / global_batch)
     else:
-        steps = args.steps or 1400
+        steps = args.steps or 1300
     warmup = args.warmup_steps if args.warmup_steps is not None else max(steps // 50, 1)
     peak_lr = (args.base_learning_rate or recipe["base_lr"]) * global_batch / 256
 

@@ -98,7 +98,7 @@ print(f"VAR:       loss {var_loss[0]:.3f} -> {var_loss[-1]:.3f} nats per token o
       f"(a uniform guess over V = {vocab_size} codes scores ln V = {math.log(vocab_size):.3f}); "
       f"token accuracy {var_accuracy[-1]:.3f}")
 print("Reading the VAR curve: the loss can never reach 0. Many token maps are plausible for one class (position, size,")
-print("rotation, background of the shape are random), so the floor is the entropy of the data's tokens, not zero.")
+print("tilt, background of the shape are random), so the floor is the entropy of the data's tokens, not zero.")
 print("Token accuracy early on can be high for a silly reason: the model first learns the most common tokens.")
 
 figure, axes = plt.subplots(1, 3, figsize=(14, 3.6))
