@@ -35,11 +35,12 @@ def parse_args(argv=None):
     parser.add_argument("--classes", default="all", help="comma-separated class ids or names, or 'all'")
     parser.add_argument("--per-class", type=int, default=16, help="samples per class")
     parser.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance strength")
-    # Quickstart defaults: nucleus 0.5 trades diversity for fidelity. Measured on the 3000-step shapes VAR (240
-    # samples): judge accuracy 85% with top-p 0.5 against 71% with top-k 20, recall 0.36 against 0.50, and 84% /
-    # recall 0.19 with top-p 0.3. For ImageNet FID use the official --cfg 1.5 --top-k 900 --top-p 0.96.
+    # Quickstart defaults: nucleus sampling at 0.8. Over three quickstart runs (seeds 0-2, 240 samples each), top-p
+    # 0.8 against 0.5: judge accuracy 96.7% against 96.8% on average, Fréchet distance 83 against 102, recall 0.31
+    # against 0.15; lower top-p collapses each class onto one look. For ImageNet FID use the official --cfg 1.5
+    # --top-k 900 --top-p 0.96.
     parser.add_argument("--top-k", type=int, default=0, help="top-k sampling (0: off, 1: greedy)")
-    parser.add_argument("--top-p", type=float, default=0.5, help="nucleus sampling mass (0: off)")
+    parser.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling mass (0: off)")
     parser.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax soft code vectors (official "
                         "demo option; better visuals, not used for FID)")
     parser.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same samples")

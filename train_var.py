@@ -99,7 +99,7 @@ def sample_grid(var, vae, class_names, path: str, cfg: float, seed: int = 0) -> 
     """One row per class (up to 16 classes), 8 samples each, saved as a PNG."""
     classes = list(range(min(len(class_names), 16)))
     labels = [c for c in classes for _ in range(8)]
-    images = generate(var, vae, labels, cfg=cfg, top_k=0, top_p=0.5, seed=seed)  # (N, 3, H, W) in [0, 1], as sample.py
+    images = generate(var, vae, labels, cfg=cfg, top_k=0, top_p=0.8, seed=seed)  # (N, 3, H, W) in [0, 1], as sample.py
     save_image_grid(images * 2 - 1, path, nrow=8)
 
 
