@@ -38,7 +38,8 @@ def parse_args(argv=None):
     parser.add_argument("--preset", default="tiny", choices=sorted(VQVAE_PRESETS), help="tokenizer architecture")
     parser.add_argument("--vocab-size", type=int, default=None, help="override the preset's codebook size")
     parser.add_argument("--patch-nums", default=None, help="override the scale schedule, e.g. 1,2,3,4,6,8")
-    # optimisation
+    # optimisation. Quickstart: 600 steps × 16 images in 2.5 minutes; batch 16 trains 74 images/s on 2 CPU threads
+    # against 56 at batch 8, and 1000 × 8 once gave a tokenizer that drew green and blue alike (README).
     parser.add_argument("--steps", type=int, default=600, help="training steps")
     parser.add_argument("--batch-size", type=int, default=16, help="images per step per process")
     parser.add_argument("--learning-rate", type=float, default=3e-3, help="peak Adam learning rate")

@@ -265,7 +265,7 @@ class RunLog:
                 file.write(line.rstrip() + "\n")
 
     def images_per_second(self, step: int, images_per_step: int) -> float:
-        """Throughput since the previous call (or since the log was made, counting from `start_step`)."""
+        """Images per second since the previous call, or since `start`: (steps done since then) × images per step."""
         now = time.time()
         rate = (step - self.last_step) * images_per_step / max(now - self.last_time, 1e-9)
         self.last_time, self.last_step = now, step
