@@ -59,11 +59,7 @@ def parse_args(argv=None):
     parser.add_argument("--dead-code-threshold", type=float, default=1e-4, help="EMA hit share under which a "
                         "code counts as dead at every scale")
     parser.add_argument("--restart-every", type=int, default=25, help="steps between dead-code restarts (0: off)")
-    parser.add_argument("--log-every", type=int, default=50, help="steps between log.txt lines "
-                        "(0: only at the end)")
     parser.add_argument("--grid-every", type=int, default=500, help="steps between reconstruction grids "
-                        "(0: only at the end)")
-    parser.add_argument("--save-every", type=int, default=500, help="steps between checkpoints "
                         "(0: only at the end)")
     return parser.parse_args(argv)
 

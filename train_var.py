@@ -72,11 +72,7 @@ def parse_args(argv=None):
     parser.add_argument("--cond-drop-rate", type=float, default=0.1, help="label dropout for guidance")
     parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0: no EMA)")
     # logging and sampling
-    parser.add_argument("--log-every", type=int, default=50, help="steps between log.txt lines "
-                        "(0: only at the end)")
     parser.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids "
-                        "(0: only at the end)")
-    parser.add_argument("--save-every", type=int, default=500, help="steps between checkpoints "
                         "(0: only at the end)")
     parser.add_argument("--cfg", type=float, default=4.0, help="guidance of the sample grids")
     return parser.parse_args(argv)

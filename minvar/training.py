@@ -30,7 +30,7 @@ import torch.distributed as dist
 # ------------------------------------------------------------------------------------------------------------------
 # command line
 def add_common_arguments(parser, out_dir: str, image_size, image_size_help: str) -> None:
-    """The flags both training scripts share (run folder, resume, seed, device, precision, data)."""
+    """The flags both training scripts share (run folder, resume, seed, device, precision, data, logging)."""
     parser.add_argument("--out-dir", default=out_dir, help="run folder: log.txt, checkpoint.pt, image grids")
     parser.add_argument("--resume", action="store_true", help="continue from <out-dir>/checkpoint.pt exactly")
     parser.add_argument("--seed", type=int, default=0, help="seed of the init, the data order and label dropout")
@@ -42,6 +42,8 @@ def add_common_arguments(parser, out_dir: str, image_size, image_size_help: str)
     parser.add_argument("--num-images", type=int, default=20_000, help="size of the built-in dataset")
     parser.add_argument("--hflip", action="store_true", help="random horizontal flips")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--log-every", type=int, default=50, help="steps between log.txt lines (0: only at the end)")
+    parser.add_argument("--save-every", type=int, default=500, help="steps between checkpoints (0: only at the end)")
 
 
 # ------------------------------------------------------------------------------------------------------------------
