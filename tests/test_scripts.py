@@ -143,12 +143,15 @@ def test_tokenizer_overfits_a_few_images_and_saves_a_loadable_checkpoint(tokeniz
 
 
 def test_var_overfits_a_few_images(var_run):
-    """VAR's cross entropy starts at about ln V (uniform prediction) and falls far below it on 8 images."""
+    """VAR's cross entropy starts at about ln V (uniform prediction) and falls far below it on 8 images.
+
+    After 30 steps the loss sits at about 0.5 ln V (3.12-3.13 of 6.24 on the CPUs measured so far, on either side of
+    0.5 ln V, so the bound is 0.6 ln V): a model that does not learn stays near ln V."""
     out, path = var_run
     losses = logged_losses(out)
     vocab_size = load(path)["config"]["vocab_size"]
     assert losses[1] == pytest.approx(math.log(vocab_size), abs=0.1)
-    assert np.mean([losses[s] for s in (28, 29, 30)]) < 0.5 * math.log(vocab_size), losses
+    assert np.mean([losses[s] for s in (28, 29, 30)]) < 0.6 * math.log(vocab_size), losses
     assert (out / "samples_000030.png").is_file()  # the end-of-run sample grid
 
 
