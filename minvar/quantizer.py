@@ -108,7 +108,7 @@ class MultiScaleQuantizer(nn.Module):
         """Index of the nearest codebook vector (L2) for every position: (B, Cvae, pn, pn) -> (B, pn*pn).
 
         Computed as ||z||² + ||e||² - 2 z·e with one `addmm_`, in fp32, exactly as the official code: another
-        summation order (e.g. torch.cdist) flips a few near-tied tokens (facts §6.16).
+        summation order (e.g. torch.cdist) flips a few near-tied tokens (docs/official_model.md#nearest-code).
         """
         B, C, ph, pw = z_BChw.shape
         z_NC = z_BChw.permute(0, 2, 3, 1).reshape(-1, C).float()  # (B*pn*pn, Cvae), row-major (h, w)
@@ -221,7 +221,7 @@ class MultiScaleQuantizer(nn.Module):
         """Teacher-forcing input: for k = 1..K-1, the cumulative f̂ of scales < k area-downsampled to pn_k.
 
         It is NOT the previous scale's token embeddings: the transformer sees the running reconstruction, exactly
-        what it will see at sampling time (official `idxBl_to_var_input`, facts §1.6). Scale 1 has no visual input:
+        what it will see at sampling time (official `idxBl_to_var_input`). Scale 1 has no visual input:
         its slot is the class token. Returns (B, L - pn_1², Cvae).
         """
         B, size = idx[0].shape[0], self.patch_nums[-1]
@@ -258,7 +258,7 @@ class MultiScaleQuantizer(nn.Module):
         (e.g. Dhariwal et al. 2020, Jukebox). A code is dead when its EMA hit share is below `threshold` at every
         scale. It is replaced by a residual z_k that Algorithm 1 actually quantizes at some scale k (the vectors a
         code must match; the raw latent would only suit the 1×1 scale), so the first call, with all EMAs at zero,
-        doubles as a data-dependent codebook init. A restarted code gets a few hundred steps of grace.
+        doubles as a data-dependent codebook init. A restarted code gets ~140 steps of grace (see below).
         Returns how many codes were restarted.
         """
         dead_V = (self.ema_vocab_hit_SV < threshold).all(dim=0)  # (V,)
@@ -274,5 +274,5 @@ class MultiScaleQuantizer(nn.Module):
         pool_NC = torch.cat(residuals)  # (B*L, Cvae)
         pick = torch.randint(0, pool_NC.shape[0], (num_dead,), generator=generator, device=pool_NC.device)
         self.embedding.weight.data[dead_V] = pool_NC[pick]  # (num_dead, Cvae)
-        self.ema_vocab_hit_SV[:, dead_V] = 4 * threshold  # grace: ~140 unused steps at momentum 0.99
+        self.ema_vocab_hit_SV[:, dead_V] = 4 * threshold  # grace: 4·0.99^n < 1 only after n ≈ 138 unused steps
         return num_dead
