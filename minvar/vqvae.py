@@ -105,7 +105,7 @@ class AttnBlock(nn.Module):
         q, k, v = (t.transpose(1, 2).unsqueeze(1) for t in (q, k, v))  # each (B, 1, H*W, C): one head
         # softmax(q·kᵀ / √C)·v as the official bmm code, through SDPA (same numbers, a fused kernel where available)
         h = F.scaled_dot_product_attention(q, k, v, scale=C ** -0.5)  # (B, 1, H*W, C)
-        h = h.squeeze(1).transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
+        h = h.squeeze(1).transpose(1, 2).reshape(B, C, H, W)
         return x + self.proj_out(h)
 
 
