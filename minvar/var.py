@@ -14,7 +14,7 @@ The logits at scale k's positions predict scale k's tokens (no shift between inp
 
 Shape legend: B batch, K number of scales, k scale index, pn side of scale k's map, L = Σ pn², l = pn² (one scale),
 C width, H heads (named `num_heads` in code to avoid clashing with image height), hd = C / H head dim,
-Cvae codebook dim, V codebook size, D = C the class condition's width (`cond_BD`).
+Cvae codebook dim (Cv in a suffix, as `x_BLCv`), V codebook size, D = C the class condition's width (`cond_BD`).
 """
 from __future__ import annotations
 
