@@ -28,7 +28,7 @@ from minvar.training import (EMA, RunLog, add_common_arguments, all_reduce_mean,
                              wrap_ddp)
 from minvar.var import VAR, VAR_PRESETS, VARConfig
 
-# Training recipes. dN are the official ImageNet ones (README of FoundationVision/VAR and facts §3): global batch,
+# Training recipes. dN are the official ImageNet ones (official README; docs/official_model.md): global batch,
 # base learning rate per 256 images, epochs, final lr ratio ("wpe"), weight decay start/end, AdaLN gamma init.
 # Warmup is epochs/50, betas (0.9, 0.95), clip 2.0, no label smoothing, label dropout 0.1.
 # tiny (CPU quickstart): peak lr 3e-3 at batch 16. Measured over 1500 steps on the shapes dataset, held-out loss

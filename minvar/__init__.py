@@ -1,5 +1,8 @@
 """minvar: a minimal, heavily commented reference implementation of VAR (Tian et al., NeurIPS 2024).
 
+Paper: Tian et al., "Visual Autoregressive Modeling" (arXiv 2404.02905), Section 3 (the method); each module names
+its own section.
+
     from minvar import VQVAE, VAR, generate
     vae = VQVAE.from_official("vae_ch160v4096z32.pth")
     var = VAR.from_official("var_d16.pth", vae=vae)

@@ -1,10 +1,12 @@
 """Checkpoints: the released official weights, and minvar's own self-describing run checkpoints.
 
+Paper: the models of Section 3.2 and Table 1, as released by the official repository (docs/official_model.md).
+
 A checkpoint is untrusted input: every file is read with `torch.load(..., weights_only=True)`, so loading never
 runs code, and every problem (wrong kind of file, missing or unexpected keys, a shape that disagrees) is reported
 in words that say what to do, never as a raw PyTorch traceback.
 
-Official files (facts §5): `vae_ch160v4096z32.pth` and `var_d{16,20,24,30,36}.pth` are plain state dicts. The VAR
+Official files (docs/official_model.md): `vae_ch160v4096z32.pth` and `var_d*.pth` are plain state dicts. The VAR
 ones carry the buffers `lvl_1L`, `attn_bias_for_masking` and `blocks.*.attn.zero_k_bias`; minvar registers the same
 persistent buffers, so they load strictly with no key left over. The architecture is read from the weights.
 

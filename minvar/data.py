@@ -1,5 +1,7 @@
 """Datasets and image I/O helpers for minvar.
 
+Paper: the ImageNet class-conditional setting of Section 4 (implementation details); official `utils/data.py`.
+
 Two datasets, both returning `(image, label)` with `image` a float32 tensor (3, H, W) in [-1, 1]:
 
 * `ShapesDataset`: a built-in, file-free, class-conditional dataset (shape x colour) drawn procedurally with PIL.

@@ -15,7 +15,8 @@ shared by all scales:
     Algorithm 2 (decode):  f_hat = Σ_k Φ_k(bicubic_up(embedding(r_k), h))
 
 Shape legend: B batch, K number of scales, k scale index, pn side of scale k's token map,
-L = Σ pn², Cvae codebook dimension, V codebook size, h = w latent side (= pn_K).
+L = Σ pn², Cvae codebook dimension, V codebook size, h = w latent side (= pn_K). In name suffixes C means Cvae,
+l = pn² (one scale) and N a flattened count of vectors.
 """
 from __future__ import annotations
 
@@ -108,13 +109,13 @@ class MultiScaleQuantizer(nn.Module):
         """Index of the nearest codebook vector (L2) for every position: (B, Cvae, pn, pn) -> (B, pn*pn).
 
         Computed as ||z||² + ||e||² - 2 z·e with one `addmm_`, in fp32, exactly as the official code: another
-        summation order (e.g. torch.cdist) flips a few near-tied tokens (facts §6.16).
+        summation order (e.g. torch.cdist) flips a few near-tied tokens (docs/official_model.md#nearest-code).
         """
         B, C, ph, pw = z_BChw.shape
         z_NC = z_BChw.permute(0, 2, 3, 1).reshape(-1, C).float()  # (B*pn*pn, Cvae), row-major (h, w)
-        codebook_VC = self.embedding.weight.detach().float()  # (V, Cvae)
-        distance_NV = z_NC.square().sum(dim=1, keepdim=True) + codebook_VC.square().sum(dim=1)  # (N, V)
-        distance_NV.addmm_(z_NC, codebook_VC.T, alpha=-2, beta=1)  # (N, V)
+        codebook_VC = self.embedding.weight.detach().float()
+        distance_NV = z_NC.square().sum(dim=1, keepdim=True) + codebook_VC.square().sum(dim=1)
+        distance_NV.addmm_(z_NC, codebook_VC.T, alpha=-2, beta=1)
         return distance_NV.argmin(dim=1).view(B, ph * pw)  # (B, pn*pn)
 
     def upsampled_embedding(self, idx_Bl: torch.Tensor, scale_index: int, size: int) -> torch.Tensor:
@@ -154,7 +155,7 @@ class MultiScaleQuantizer(nn.Module):
         idx, f_hats = [], []
         for k, pn in enumerate(self.patch_nums):
             idx_Bl = self.nearest_code(self.area_down(f_rest, pn))  # (B, pn*pn)  lines 5-6: downsample, quantize
-            h_BChw = self.quant_resi(self.upsampled_embedding(idx_Bl, k, size), k)  # (B, Cvae, h, w)  line 7: up, Φ
+            h_BChw = self.quant_resi(self.upsampled_embedding(idx_Bl, k, size), k)  # line 7: up, Φ
             f_hat.add_(h_BChw)
             f_rest.sub_(h_BChw)  # line 8: the next scale quantizes only what is left
             idx.append(idx_Bl)
@@ -173,7 +174,7 @@ class MultiScaleQuantizer(nn.Module):
         f_hat = None
         f_hats = []
         for k, idx_Bl in enumerate(idx):
-            h_BChw = self.quant_resi(self.upsampled_embedding(idx_Bl, k, size), k)  # (B, Cvae, h, w)
+            h_BChw = self.quant_resi(self.upsampled_embedding(idx_Bl, k, size), k)
             f_hat = h_BChw if f_hat is None else f_hat + h_BChw
             f_hats.append(f_hat)
         return f_hats if every_scale else f_hat
@@ -196,8 +197,8 @@ class MultiScaleQuantizer(nn.Module):
         vq_loss = f_BChw.new_zeros(())
         idx = []
         for k, pn in enumerate(self.patch_nums):
-            idx_Bl = self.nearest_code(self.area_down(f_rest, pn))  # (B, pn*pn)
-            h_BChw = self.quant_resi(self.upsampled_embedding(idx_Bl, k, size), k)  # (B, Cvae, h, w), has gradient
+            idx_Bl = self.nearest_code(self.area_down(f_rest, pn))
+            h_BChw = self.quant_resi(self.upsampled_embedding(idx_Bl, k, size), k)  # has gradient
             f_hat = f_hat + h_BChw
             f_rest = f_rest - h_BChw.detach()  # the argmin is not differentiable, so f_rest needs no graph
             vq_loss = vq_loss + self.beta * F.mse_loss(f_hat.detach(), f_BChw) + F.mse_loss(f_hat, f_target)
@@ -212,7 +213,7 @@ class MultiScaleQuantizer(nn.Module):
     def update_usage(self, idx: Sequence[torch.Tensor], momentum: float = 0.99) -> None:
         """EMA of how often each code is hit at each scale (a share per scale; 0 marks a dead code)."""
         for k, idx_Bl in enumerate(idx):
-            hits_V = torch.bincount(idx_Bl.flatten(), minlength=self.vocab_size).float()  # (V,)
+            hits_V = torch.bincount(idx_Bl.flatten(), minlength=self.vocab_size).float()
             self.ema_vocab_hit_SV[k].mul_(momentum).add_(hits_V / hits_V.sum(), alpha=1 - momentum)
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -221,7 +222,7 @@ class MultiScaleQuantizer(nn.Module):
         """Teacher-forcing input: for k = 1..K-1, the cumulative f̂ of scales < k area-downsampled to pn_k.
 
         It is NOT the previous scale's token embeddings: the transformer sees the running reconstruction, exactly
-        what it will see at sampling time (official `idxBl_to_var_input`, facts §1.6). Scale 1 has no visual input:
+        what it will see at sampling time (official `idxBl_to_var_input`). Scale 1 has no visual input:
         its slot is the class token. Returns (B, L - pn_1², Cvae).
         """
         B, size = idx[0].shape[0], self.patch_nums[-1]
@@ -241,7 +242,7 @@ class MultiScaleQuantizer(nn.Module):
         """
         B, pn, size = h_BlC.shape[0], self.patch_nums[scale_index], f_hat_BChw.shape[-1]
         h_BChw = h_BlC.transpose(1, 2).reshape(B, self.code_dim, pn, pn)  # (B, Cvae, pn, pn)
-        f_hat_BChw = f_hat_BChw + self.quant_resi(self.upsample(h_BChw, size), scale_index)  # (B, Cvae, h, w)
+        f_hat_BChw = f_hat_BChw + self.quant_resi(self.upsample(h_BChw, size), scale_index)
         if scale_index == len(self.patch_nums) - 1:
             return f_hat_BChw, None
         next_pn = self.patch_nums[scale_index + 1]
@@ -258,10 +259,10 @@ class MultiScaleQuantizer(nn.Module):
         (e.g. Dhariwal et al. 2020, Jukebox). A code is dead when its EMA hit share is below `threshold` at every
         scale. It is replaced by a residual z_k that Algorithm 1 actually quantizes at some scale k (the vectors a
         code must match; the raw latent would only suit the 1×1 scale), so the first call, with all EMAs at zero,
-        doubles as a data-dependent codebook init. A restarted code gets a few hundred steps of grace.
+        doubles as a data-dependent codebook init. A restarted code gets ~140 steps of grace (see below).
         Returns how many codes were restarted.
         """
-        dead_V = (self.ema_vocab_hit_SV < threshold).all(dim=0)  # (V,)
+        dead_V = (self.ema_vocab_hit_SV < threshold).all(dim=0)
         num_dead = int(dead_V.sum())
         if num_dead == 0:
             return 0
@@ -274,5 +275,5 @@ class MultiScaleQuantizer(nn.Module):
         pool_NC = torch.cat(residuals)  # (B*L, Cvae)
         pick = torch.randint(0, pool_NC.shape[0], (num_dead,), generator=generator, device=pool_NC.device)
         self.embedding.weight.data[dead_V] = pool_NC[pick]  # (num_dead, Cvae)
-        self.ema_vocab_hit_SV[:, dead_V] = 4 * threshold  # grace: ~140 unused steps at momentum 0.99
+        self.ema_vocab_hit_SV[:, dead_V] = 4 * threshold  # grace: 4·0.99^n < 1 only after n ≈ 138 unused steps
         return num_dead

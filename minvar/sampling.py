@@ -11,7 +11,7 @@ coarser scales are in the KV cache. The sampled tokens are added into the runnin
 tokenizer's Φ), and f̂ downsampled to the next scale is the next input.
 
 Shape legend: B batch, K number of scales, k scale index, pn side of scale k's map, l = pn², L = Σ pn², C width,
-Cvae codebook dim, V codebook size, h = w latent side, H = W image side.
+Cvae codebook dim, V codebook size, h = w latent side, H = W image side, D = C the class condition's width.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def resolve_labels(var, labels: Labels, num_samples: Optional[int], device, gene
         if not num_samples:
             raise ValueError("an int label is repeated num_samples times: also pass num_samples")
         labels = [var.num_classes if labels < 0 else labels] * num_samples
-    label_B = torch.as_tensor(labels, device=device).long().reshape(-1)  # (B,)
+    label_B = torch.as_tensor(labels, device=device).long().reshape(-1)
     if label_B.numel() == 0:
         raise ValueError("no labels given: pass at least one class id")
     if label_B.min() < 0 or label_B.max() > var.num_classes:
@@ -63,8 +63,8 @@ def top_k_top_p_(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -
     """
     V = logits_BlV.shape[-1]
     if 0 < top_k < V:
-        kth_BlV = logits_BlV.topk(top_k, dim=-1, largest=True, sorted=False)[0].amin(dim=-1, keepdim=True)  # (B, l, 1)
-        logits_BlV.masked_fill_(logits_BlV < kth_BlV, float("-inf"))
+        kth_Bl1 = logits_BlV.topk(top_k, dim=-1, largest=True, sorted=False)[0].amin(dim=-1, keepdim=True)
+        logits_BlV.masked_fill_(logits_BlV < kth_Bl1, float("-inf"))
     if top_p > 0:
         sorted_logits, sorted_idx = logits_BlV.sort(dim=-1, descending=False)  # (B, l, V) ascending
         remove_sorted = sorted_logits.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)  # (B, l, V)
@@ -112,21 +112,21 @@ def sample_scales(var, vae, label_B: torch.Tensor, cfg: float = 1.5, top_k: int 
     tokens, f_hats = [], []
     for k, pn in enumerate(var.patch_nums):
         ratio = k / (K - 1) if K > 1 else 1.0
-        logits_2BlV = var.forward_scale(k, x_2BlC, cond_2BD, kv_caches)  # (2B, l, V)
+        logits_2BlV = var.forward_scale(k, x_2BlC, cond_2BD, kv_caches)
         # Classifier-free guidance with the official linear ramp: t = cfg·k/(K-1), so the 1×1 scale is unguided
         # and the last scale uses the familiar weight w = 1 + cfg.
         t = cfg * ratio
-        logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]  # (B, l, V)
+        logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
         top_k_top_p_(logits_BlV, top_k, top_p)
         probs_NV = logits_BlV.softmax(dim=-1).view(-1, logits_BlV.shape[-1])  # (B*l, V)
-        idx_Bl = torch.multinomial(probs_NV, 1, replacement=True, generator=generator).view(B, pn * pn)  # (B, l)
+        idx_Bl = torch.multinomial(probs_NV, 1, replacement=True, generator=generator).view(B, pn * pn)
         if more_smooth:  # soft code vectors: a Gumbel-softmax mixture, sharper at finer scales (official)
             tau = max(0.27 * (1 - ratio * 0.95), 0.005)
             h_BlC = gumbel_softmax(logits_BlV.mul(1 + ratio), tau, generator) @ quantizer.embedding.weight  # (B, l, Cvae)
         else:
             h_BlC = quantizer.embedding(idx_Bl)  # (B, l, Cvae)
         if forced_idx is not None:  # editing: keep the source image's codes under the mask
-            keep_Bl1 = scale_keep_mask(keep_mask_Bhw, pn)  # (B, l, 1)
+            keep_Bl1 = scale_keep_mask(keep_mask_Bhw, pn)
             h_BlC = quantizer.embedding(forced_idx[k]) * keep_Bl1 + h_BlC * (1 - keep_Bl1)
             idx_Bl = torch.where(keep_Bl1[..., 0].bool(), forced_idx[k], idx_Bl)  # the tokens f̂ is made of
         f_hat, next_BlCv = quantizer.next_scale_input(k, f_hat, h_BlC)  # both halves share the conditional f̂

@@ -1,7 +1,9 @@
 """What both training scripts share: distributed setup, a resumable data order, the official learning-rate and
 weight-decay schedule, EMA weights, mixed precision and the run log.
 
-The models know nothing of this file (STYLE.md: scripts own devices, DDP, precision and files); the scripts
+Paper: Section 4 (implementation details: AdamW, lr per 256 images, weight decay, epochs); docs/official_model.md.
+
+The models know nothing of this file (CONTRIBUTING.md: scripts own devices, DDP, precision and files); the scripts
 `train_tokenizer.py` and `train_var.py` call it.
 Official counterparts: `utils/lr_control.py` (lr_wd_annealing, the "lin0" schedule), `utils/data_sampler.py`
 (DistInfiniteBatchSampler), `utils/misc.py` (logging).

@@ -14,7 +14,7 @@ The logits at scale k's positions predict scale k's tokens (no shift between inp
 
 Shape legend: B batch, K number of scales, k scale index, pn side of scale k's map, L = Σ pn², l = pn² (one scale),
 C width, H heads (named `num_heads` in code to avoid clashing with image height), hd = C / H head dim,
-Cvae codebook dim, V codebook size.
+Cvae codebook dim (Cv in a suffix, as `x_BLCv`), V codebook size, D = C the class condition's width (`cond_BD`).
 """
 from __future__ import annotations
 
@@ -241,7 +241,7 @@ class VAR(nn.Module):
         nn.init.trunc_normal_(self.pos_start, std=init_std)
         nn.init.trunc_normal_(self.pos_1LC, std=init_std)
         self.lvl_embed = nn.Embedding(self.num_scales, C)  # which scale a token belongs to
-        # Persistent buffers, as the released checkpoints carry them (facts §5).
+        # Persistent buffers, as the released checkpoints carry them (docs/official_model.md#checkpoint-buffers).
         level_1L = torch.cat([torch.full((pn * pn,), k) for k, pn in enumerate(self.patch_nums)]).view(1, self.L)
         self.register_buffer("lvl_1L", level_1L)  # (1, L) scale id of each position
         self.register_buffer("attn_bias_for_masking", block_causal_mask(self.patch_nums))  # (1, 1, L, L)
@@ -261,7 +261,7 @@ class VAR(nn.Module):
     # ----------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def init_weights(self) -> None:
-        """The official `VAR.init_weights` (facts §2.6): a small-logit, near-identity-block start.
+        """The official `VAR.init_weights` (docs/official_model.md#init-rules): small logits, near-identity blocks.
 
         Linear/Embedding weights ~ trunc_normal(√(1/3C)), biases 0; head ×init_head so the first loss is ≈ ln V;
         attention/FFN output projections ÷√(2·depth) (GPT-2); AdaLN scale/shift rows ×init_adaln and gamma rows
@@ -331,7 +331,7 @@ class VAR(nn.Module):
         where `drop_mask_B` is True; without a mask, it is drawn with probability cond_drop_rate in training mode.
         The training script passes its own mask, drawn from a per-step generator, so that runs resume exactly.
         NOTE (differs from official VAR): no label is dropped in eval mode; the official code drops them whenever
-        cond_drop_rate > 0, so its eval-mode forward is random (facts §2.7).
+        cond_drop_rate > 0, so its eval-mode forward is random (docs/official_model.md, label dropout).
         """
         self.check_labels(label_B)
         B, L = x_BLCv.shape[0], x_BLCv.shape[1] + 1

@@ -5,7 +5,7 @@ multi-scale quantization", 16× downsampling, V = 4096, shared codebook).
 Official counterpart: `models/vqvae.py` (VQVAE) and `models/basic_vae.py` (Encoder, Decoder and their blocks).
 The `"official"` preset has exactly the keys and shapes of the released `vae_ch160v4096z32.pth`.
 
-It differs from the LDM/taming VQGAN in three places (facts §1): one fused 1×1 `qkv` convolution in attention,
+It differs from LDM/taming's VQGAN in three places (docs/official_model.md): one fused 1×1 `qkv` conv in attention,
 3×3 (not 1×1) quant_conv / post_quant_conv, and an asymmetric zero-pad before the stride-2 downsampling conv.
 
 Shape legend: B batch, K number of scales, pn side of a scale's token map, Cvae codebook dimension (z_channels),
@@ -105,7 +105,7 @@ class AttnBlock(nn.Module):
         q, k, v = (t.transpose(1, 2).unsqueeze(1) for t in (q, k, v))  # each (B, 1, H*W, C): one head
         # softmax(q·kᵀ / √C)·v as the official bmm code, through SDPA (same numbers, a fused kernel where available)
         h = F.scaled_dot_product_attention(q, k, v, scale=C ** -0.5)  # (B, 1, H*W, C)
-        h = h.squeeze(1).transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
+        h = h.squeeze(1).transpose(1, 2).reshape(B, C, H, W)
         return x + self.proj_out(h)
 
 

@@ -22,6 +22,21 @@ def load_fixture(name: str):
     return torch.load(require(FIXTURES / name), map_location="cpu", weights_only=True)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a whole test module, restored afterwards for the next module.
+
+    Tests run tiny models on a small shared CPU: there a second OpenMP thread mostly waits for its partner (measured
+    up to ~10x slower: an Inception forward took 0.4 s on one thread and 4.8 s on two). A module opts in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`; module scope makes it active before the module's own
+    module-scoped fixtures (the trained runs of test_scripts.py, for example).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def official_tiny():
     """(vae, var) of the official tiny fixture, loaded through minvar's official-checkpoint path."""

@@ -10,7 +10,10 @@ import sys
 
 import pytest
 
+from minvar import VAR, VARConfig, VQVAE, VQVAEConfig
+
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench"
+pytestmark = pytest.mark.slow  # each test runs a benchmark script in a subprocess
 COLUMNS = ["config", "params", "dtype", "mode", "batch", "steps/s", "images/s", "peak mem"]
 
 
@@ -39,13 +42,33 @@ def check_rows(table: list, config: str, modes: list) -> None:
         assert r["peak mem"] == "-"  # CPU: no peak-memory counter
 
 
+def check_json(saved: dict, table: list, model) -> None:
+    """The --json rows are the printed rows, and describe the model that was timed.
+
+    `model` is rebuilt here from the saved config, so its parameter count is computed independently of the script.
+    """
+    rows = saved["rows"]
+    assert len(rows) == len(table)
+    for r, printed in zip(rows, table):
+        assert (r["dtype"], r["mode"]) == (printed["dtype"], printed["mode"])
+        assert r["steps_per_s"] > 0 and r["images_per_s"] == pytest.approx(r["batch"] * r["steps_per_s"])
+        assert float(printed["steps/s"]) == pytest.approx(r["steps_per_s"], rel=0.01)  # printed with 3 digits
+        assert r["params_m"] * 1e6 == pytest.approx(sum(p.numel() for p in model.parameters()))
+
+
+def config_from_json(config_class, saved_config: dict):
+    """A config dataclass from the JSON copy (the preset name dropped, lists back to tuples)."""
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in saved_config.items() if k != "name"}
+    return config_class(**values)
+
+
 def test_bench_var_quick(tmp_path):
     """bench_var.py --quick times training and KV-cached generation (with decode) in fp32 and bf16 autocast."""
     table = run_quick("bench_var.py", tmp_path / "var.json")
     check_rows(table, "tiny", ["train", "generate"])
     saved = json.loads((tmp_path / "var.json").read_text())
-    assert len(saved["rows"]) == len(table) and saved["var_config"]["depth"] == 4
-    assert all(r["steps_per_s"] > 0 for r in saved["rows"])
+    assert saved["var_config"]["depth"] == 4
+    check_json(saved, table, VAR(config_from_json(VARConfig, saved["var_config"])))
 
 
 def test_bench_tokenizer_quick(tmp_path):
@@ -53,4 +76,5 @@ def test_bench_tokenizer_quick(tmp_path):
     table = run_quick("bench_tokenizer.py", tmp_path / "tokenizer.json")
     check_rows(table, "tiny", ["train", "encode", "decode"])
     saved = json.loads((tmp_path / "tokenizer.json").read_text())
-    assert len(saved["rows"]) == len(table) and saved["vqvae_config"]["image_size"] == 32
+    assert saved["vqvae_config"]["image_size"] == 32
+    check_json(saved, table, VQVAE(config_from_json(VQVAEConfig, saved["vqvae_config"])))

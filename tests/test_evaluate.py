@@ -20,6 +20,7 @@ import evaluate  # noqa: E402
 from minvar.data import ShapesDataset, to_uint8_images  # noqa: E402
 
 NUM_CLASSES = 15
+pytestmark = pytest.mark.slow  # trains a judge and runs evaluate.py end to end
 
 
 def write_samples(path, images, labels) -> None:

@@ -10,14 +10,7 @@ from minvar.judge import (Judge, JudgeConfig, augment, evaluate_accuracy, judge_
 TINY = JudgeConfig(num_classes=15, image_size=32, width=16, feature_dim=32)  # ~30 ms per training step on a CPU
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run these tiny models on one thread: on a busy shared CPU, a second thread mostly waits for its partner and
-    made this file ~10x slower. Restored afterwards so other test files keep their setting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for this module
 
 
 def held_out_batch(count=150, image_size=32, seed=99):

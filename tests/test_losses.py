@@ -21,17 +21,7 @@ TORCHVISION_VGG16_CONVS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Run this file with one intra-op thread, then restore the setting.
-
-    These small-batch convolutions gain little from a second thread, and on a shared 2-core machine whose other
-    core is busy, two OpenMP threads mostly wait on each other (several times slower, measured).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread for this module
 
 
 @pytest.fixture(scope="module")

@@ -247,20 +247,7 @@ def test_fid_inception_pooling_quirks():
     assert network.Mixed_7c.max_pool_branch and not network.Mixed_7b.max_pool_branch
 
 
-@pytest.fixture
-def single_thread():
-    """Run a test with one intra-op thread, then restore the setting.
-
-    A batch-1 Inception forward gains nothing from a second thread, and on a shared 2-core machine whose other core
-    is busy, two OpenMP threads wait on each other: measured 0.4 s with one thread vs 4.8 s with two.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def test_inception_features_load_and_output_shapes(tmp_path, single_thread):
+def test_inception_features_load_and_output_shapes(tmp_path, one_thread):
     """Weights saved from a random FIDInceptionV3 load strictly (with or without BatchNorm counters) and give
     probabilities (B, 1008) summing to 1 and the network's own 2048-d pool features for any input size."""
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ from minvar import VAR, VQVAE, CheckpointError
 from minvar.checkpoint import infer_var_config, infer_vqvae_config, strict_load
 from minvar.var import SCHEDULE_256, SCHEDULE_512
 
-# parameter counts measured on the official classes (facts §2.1, §7): an independent check of the architecture
+# parameter counts measured on the official classes (docs/official_model.md): an independent check of the architecture
 OFFICIAL_PARAMS = {"var_d16": 310_283_520, "var_d20": 600_917_136, "var_d24": 1_033_399_360,
                    "var_d30": 2_010_020_356, "var_d36": 2_353_893_904, "vae": 108_948_355}
 

@@ -20,7 +20,7 @@ def test_phi_table_matches_official_float64_tie_break():
     """Scale→Φ table: [0,0,1,1,1,2,2,3,3,3] for 10 scales, decided by float64 rounding at two exact ties."""
     assert phi_index_per_scale(10, 4) == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
     assert phi_index_per_scale(14, 4) == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3]
-    # the same rule in float32 gives the wrong table (the pitfall the facts file warns about)
+    # the same rule in float32 gives the wrong table (docs/official_model.md#phi-index-per-scale)
     ticks32 = np.linspace(1 / 12, 11 / 12, 4).astype(np.float32)
     wrong = [int(np.argmin(np.abs(ticks32 - np.float32(k / 9)))) for k in range(10)]
     assert wrong != phi_index_per_scale(10, 4)

@@ -1,5 +1,5 @@
-"""The README's promises run: its API snippet executes as written (on the official-layout fixture weights) and its
-two commands name files and flags that exist."""
+"""The README's promises run: its API snippet executes as written (on the official-layout fixture weights) and gives
+what its comments say, and every command it shows names a script that exists, with flags that script defines."""
 import re
 
 import torch
@@ -25,6 +25,42 @@ def test_api_snippet_runs_on_official_layout_weights():
     assert scope["logits"].shape == (2, 680, 4096)
     imgs = scope["imgs"]
     assert imgs.shape == (2, 3, 256, 256) and 0 <= imgs.min() and imgs.max() <= 1
+    # "list of K LongTensors": token ids, each a valid index into the V = 4096 codebook
+    assert all(t.dtype == torch.int64 and 0 <= t.min() and t.max() < 4096 for t in scope["idx"])
+    # "in eval() mode no label is dropped": the forward is deterministic, and the null class 1000 is accepted
+    var, labels, x = scope["var"], scope["labels"], scope["x"]
+    with torch.no_grad():
+        assert torch.equal(var(labels, x), scope["logits"])
+        assert var(torch.tensor([1000, 1000]), x).shape == (2, 680, 4096)
+
+
+def shown_commands() -> list:
+    """(script, [--flags]) of every `X.py --flag ...` command the README shows (with or without `python` or
+    `torchrun` before it), in code blocks (backslash continuations joined) and in inline code spans (which may wrap
+    over a line break)."""
+    text = readme()
+    spans = [block.replace("\\\n", " ") for block in re.findall(r"```bash\n(.*?)```", text, re.S)]
+    spans += [span.replace("\n", " ") for span in re.findall(r"(?<!`)`([^`]+)`(?!`)", text)]
+    commands = []
+    for span in spans:
+        for command in re.split(r"&&|;", span):
+            match = re.search(r"([\w./-]+\.py)(.*)", command)
+            if match and "--" in match.group(2):  # names without flags may be official files (`quant.py`)
+                commands.append((match.group(1), re.findall(r"(?<!\S)(--[a-z][\w-]*)", match.group(2))))
+    return commands
+
+
+def test_shown_commands_use_flags_the_scripts_define():
+    """Every flag in a README command is defined by its script (or by the shared flags of minvar/training.py and
+    tutorials/common.py), so a renamed or removed flag cannot leave the README promising it."""
+    commands = shown_commands()
+    assert any(flags for _, flags in commands), "no command with flags found: the parser above is broken"
+    shared = (REPO / "minvar" / "training.py").read_text() + (REPO / "tutorials" / "common.py").read_text()
+    for script, flags in commands:
+        assert (REPO / script).is_file(), f"the README runs {script}, which is not in the repository"
+        source = (REPO / script).read_text() + shared
+        for flag in flags:
+            assert f'"{flag}"' in source, f"the README shows {script} {flag}, which {script} does not define"
 
 
 def test_commands_name_existing_scripts():

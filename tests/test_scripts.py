@@ -43,13 +43,8 @@ VAR_ARGS = ["--device", "cpu", "--num-images", "8", "--batch-size", "4", "--widt
             "--save-every", "0", "--workers", "0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The test machine is small and shared: one intra-op thread keeps the in-process runs from crawling."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.slow,  # every test here runs the training scripts
+              pytest.mark.usefixtures("one_thread")]  # conftest.py: one intra-op thread for this module
 
 
 def logged_losses(out_dir) -> dict:

@@ -20,6 +20,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("MINVAR_SHARED", REPO.parent / "shared")) / "fixtures" / "official_var_tiny"
+pytestmark = pytest.mark.slow  # each test runs a tutorial in a subprocess
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +87,23 @@ def test_04_editing_keeps_the_source_tokens(out_dir):
     assert stdout.count("kept tokens equal the source's at every scale: True") == 3
 
 
-def test_05_scaling_laws_writes_a_fit_over_five_sizes(out_dir):
-    """05 trains at least five sizes on the same tokens and reports a finite power-law exponent and R²."""
+def test_05_scaling_laws_shows_loss_falling_with_model_size(out_dir):
+    """05's lesson, at its --fast settings: over five sizes trained alike, the biggest model's held-out loss is below
+    the smallest's and the fitted power law L = a·N^b has a negative exponent b (loss falls as N grows).
+
+    Measured at the --fast settings (4 steps × 4 images, stand-in tokenizer), seeds 0-3: d1 6.19, d5 5.99-6.02,
+    b between -0.0074 and -0.0085. A broken ladder (every size the same model), a fit on the wrong axis or a
+    training loop that does not train would not show it."""
     run_tutorial("05_scaling_laws.py", out_dir)
     assert_png_files(out_dir, ["scaling.png"])
     report = json.loads((out_dir / "scaling.json").read_text())
-    assert len(report["sizes"]) >= 5
-    assert len({size["params"] for size in report["sizes"]}) == len(report["sizes"]), "two sizes are the same"
-    assert math.isfinite(report["fit_params"]["exponent"]) and math.isfinite(report["fit_params"]["r2"])
-    assert all(math.isfinite(size["final_loss"]) for size in report["sizes"])
-    assert report["elapsed_seconds"] > 0
+    sizes = sorted(report["sizes"], key=lambda size: size["params"])
+    assert len(sizes) >= 5
+    assert len({size["params"] for size in sizes}) == len(sizes), "two sizes are the same"
+    assert all(math.isfinite(size["final_loss"]) for size in sizes)
+    assert sizes[-1]["final_loss"] < sizes[0]["final_loss"], "the biggest model did not beat the smallest"
+    assert report["fit_params"]["exponent"] < 0, "the fitted loss does not fall with model size"
+    assert math.isfinite(report["fit_params"]["r2"])
 
 
 def test_06_official_checkpoints_explains_and_loads_the_official_layout(out_dir):

@@ -71,7 +71,7 @@ print("Everything below happens in this latent space. The decoder maps any laten
 # ------------------------------------------------------------------------------------------------------------------
 common.section("2. Algorithm 1 (encode), one scale at a time")
 # ------------------------------------------------------------------------------------------------------------------
-# Paper Algorithm 1, with the official details (facts §1.4):
+# Paper Algorithm 1, with the official details (docs/official_model.md#interpolation-modes):
 #   f_rest = f, f_hat = 0
 #   for k = 1..K:
 #       z_k = area_down(f_rest, pn_k)              # what is still unexplained, seen at scale k's resolution
@@ -159,7 +159,7 @@ float32_table = [int((ticks32 - torch.tensor(k / 9)).abs().argmin()) for k in ra
 print(f"the released VAE (10 scales, 4 Φs): {official}")
 print(f"the same rule in float32 torch:     {float32_table}")
 print("The 3rd and 8th scales sit exactly half-way between two ticks; only the official float64 rounding decides")
-print("them, so minvar copies that arithmetic (facts §1.3). A wrong table silently garbles the released VAE.")
+print("them, so minvar copies that arithmetic (docs/official_model.md). A wrong table garbles the released VAE.")
 
 # ------------------------------------------------------------------------------------------------------------------
 common.section("4. Algorithm 2 (decode) and the Algorithm 1 -> 2 round trip")

@@ -75,7 +75,7 @@ common.section("2. The input sequence (teacher forcing)")
 # Training feeds the transformer the ground truth of every scale at once:
 #   position 0 (scale 1):  the class embedding + pos_start, the "start token" (there is nothing to look at yet)
 #   scale k >= 2:          word_embed(area_down(f̂_{<k}, pn_k)): the running reconstruction from scales 1..k-1,
-#                          area-downsampled to scale k's size. NOT the previous tokens' embeddings (facts §1.6).
+#                          area-downsampled to scale k's size. NOT the previous tokens (docs/official_model.md).
 #   every position:        + a scale ("level") embedding + an absolute position embedding
 # The logits at scale k's positions predict scale k's tokens: input and target line up, no shift as in a GPT.
 dataset = ShapesDataset(32, vae.config.image_size, seed=args.seed + HELD_OUT_SEED_OFFSET)
