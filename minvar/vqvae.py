@@ -69,8 +69,8 @@ VQVAE_PRESETS = {
 }
 
 
-def Normalize(channels: int, groups: int) -> nn.GroupNorm:
-    """GroupNorm(32 groups officially, eps=1e-6, affine), as every LDM-family VAE."""
+def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    """GroupNorm(32 groups officially, eps=1e-6, affine), as every LDM-family VAE (official `Normalize`)."""
     return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
@@ -79,14 +79,14 @@ class ResnetBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, dropout: float, groups: int):
         super().__init__()
-        self.norm1, self.conv1 = Normalize(in_channels, groups), nn.Conv2d(in_channels, out_channels, 3, 1, 1)
-        self.norm2, self.conv2 = Normalize(out_channels, groups), nn.Conv2d(out_channels, out_channels, 3, 1, 1)
+        self.norm1, self.conv1 = group_norm(in_channels, groups), nn.Conv2d(in_channels, out_channels, 3, 1, 1)
+        self.norm2, self.conv2 = group_norm(out_channels, groups), nn.Conv2d(out_channels, out_channels, 3, 1, 1)
         self.dropout = nn.Dropout(dropout) if dropout > 1e-6 else nn.Identity()
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, H, W)
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))  # (B, C_out, H, W)
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return self.nin_shortcut(x) + h  # pre-activation residual: the identity path stays clean
 
 
@@ -95,7 +95,7 @@ class AttnBlock(nn.Module):
 
     def __init__(self, channels: int, groups: int):
         super().__init__()
-        self.norm = Normalize(channels, groups)
+        self.norm = group_norm(channels, groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
@@ -131,11 +131,39 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))  # (B, C, 2H, 2W)
 
 
-class Level(nn.Module):
-    """One resolution level: ResNet blocks (each followed by attention at the lowest level), then a resampler.
+class ResolutionLevel(nn.Module):
+    """One resolution level: ResNet blocks (each followed by attention when `attention`), then an optional resampler.
 
-    A plain container so that the state_dict keys read `down.{i}.block.{j}`, `up.{i}.attn.{j}`, `down.{i}.downsample`.
+    The encoder's levels end in a `downsample`, the decoder's in an `upsample` (none at the lowest resolution for the
+    encoder, none at full resolution for the decoder). The submodule names give the official state_dict keys
+    `down.{i}.block.{j}`, `up.{i}.attn.{j}`, `down.{i}.downsample`, `up.{i}.upsample`.
     """
+
+    def __init__(self, in_channels: int, out_channels: int, num_blocks: int, attention: bool, resample: str,
+                 dropout: float, groups: int):
+        super().__init__()
+        self.block, self.attn = nn.ModuleList(), nn.ModuleList()
+        for j in range(num_blocks):  # block, its attention, next block...: the official construction order
+            self.block.append(ResnetBlock(in_channels if j == 0 else out_channels, out_channels, dropout, groups))
+            if attention:
+                self.attn.append(AttnBlock(out_channels, groups))
+        if resample == "down":
+            self.downsample = Downsample(out_channels)
+        elif resample == "up":
+            self.upsample = Upsample(out_channels)
+        elif resample != "none":
+            raise ValueError(f"resample must be 'down', 'up' or 'none', got {resample!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for j, block in enumerate(self.block):
+            x = block(x)
+            if len(self.attn):
+                x = self.attn[j](x)
+        if hasattr(self, "downsample"):
+            x = self.downsample(x)  # halves H and W
+        if hasattr(self, "upsample"):
+            x = self.upsample(x)  # doubles H and W
+        return x
 
 
 class Middle(nn.Module):
@@ -159,32 +187,20 @@ class Encoder(nn.Module):
         ch, mult = cfg.channels, cfg.channel_mult
         self.conv_in = nn.Conv2d(3, ch, 3, 1, 1)  # RGB -> ch channels at full resolution
         self.down = nn.ModuleList()
-        block_in = ch  # channels entering the next block; grows with the level's multiplier
+        block_in = ch  # channels entering the next level; grows with the level's multiplier
         for level, m in enumerate(mult):
-            stage, block_out = Level(), ch * m
-            stage.block = nn.ModuleList()
-            stage.attn = nn.ModuleList()
-            for _ in range(cfg.num_res_blocks):
-                stage.block.append(ResnetBlock(block_in, block_out, cfg.dropout, cfg.norm_groups))
-                block_in = block_out
-                if level == len(mult) - 1 and cfg.attention:  # attention only at the lowest resolution
-                    stage.attn.append(AttnBlock(block_in, cfg.norm_groups))
-            if level != len(mult) - 1:
-                stage.downsample = Downsample(block_in)
-            self.down.append(stage)
+            lowest = level == len(mult) - 1  # attention only at the lowest resolution, which is not downsampled
+            self.down.append(ResolutionLevel(block_in, ch * m, cfg.num_res_blocks, lowest and cfg.attention,
+                                             "none" if lowest else "down", cfg.dropout, cfg.norm_groups))
+            block_in = ch * m
         self.mid = Middle(block_in, cfg.dropout, cfg.mid_attention, cfg.norm_groups)
-        self.norm_out = Normalize(block_in, cfg.norm_groups)
+        self.norm_out = group_norm(block_in, cfg.norm_groups)
         self.conv_out = nn.Conv2d(block_in, cfg.code_dim, 3, 1, 1)  # to Cvae channels; no "double_z" (not a VAE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)  # (B, ch, H, W)
-        for stage in self.down:
-            for j, block in enumerate(stage.block):
-                h = block(h)
-                if len(stage.attn):
-                    h = stage.attn[j](h)
-            if hasattr(stage, "downsample"):
-                h = stage.downsample(h)  # halves H and W
+        for level in self.down:
+            h = level(h)
         h = self.mid(h)  # (B, ch·mult[-1], h, w)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, Cvae, h, w)
 
@@ -199,31 +215,20 @@ class Decoder(nn.Module):
         self.conv_in = nn.Conv2d(cfg.code_dim, block_in, 3, 1, 1)
         self.mid = Middle(block_in, cfg.dropout, cfg.mid_attention, cfg.norm_groups)
         levels = []
-        for level in reversed(range(len(mult))):  # from the lowest resolution up
-            stage, block_out = Level(), ch * mult[level]
-            stage.block = nn.ModuleList()
-            stage.attn = nn.ModuleList()
-            for _ in range(cfg.num_res_blocks + 1):
-                stage.block.append(ResnetBlock(block_in, block_out, cfg.dropout, cfg.norm_groups))
-                block_in = block_out
-                if level == len(mult) - 1 and cfg.attention:
-                    stage.attn.append(AttnBlock(block_in, cfg.norm_groups))
-            if level != 0:
-                stage.upsample = Upsample(block_in)
-            levels.insert(0, stage)  # index by level, so `up.{last}` is the lowest resolution (official layout)
-        self.up = nn.ModuleList(levels)
-        self.norm_out = Normalize(block_in, cfg.norm_groups)
+        for level in reversed(range(len(mult))):  # from the lowest resolution up, one more block than the encoder
+            lowest = level == len(mult) - 1
+            levels.insert(0, ResolutionLevel(block_in, ch * mult[level], cfg.num_res_blocks + 1, lowest and
+                                             cfg.attention, "none" if level == 0 else "up", cfg.dropout,
+                                             cfg.norm_groups))
+            block_in = ch * mult[level]
+        self.up = nn.ModuleList(levels)  # indexed by level, so `up.{last}` is the lowest resolution (official layout)
+        self.norm_out = group_norm(block_in, cfg.norm_groups)
         self.conv_out = nn.Conv2d(block_in, 3, 3, 1, 1)  # to RGB; the output is unbounded, callers clamp
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))  # (B, ch·mult[-1], h, w)
-        for stage in reversed(self.up):
-            for j, block in enumerate(stage.block):
-                h = block(h)
-                if len(stage.attn):
-                    h = stage.attn[j](h)
-            if hasattr(stage, "upsample"):
-                h = stage.upsample(h)  # doubles H and W
+        for level in reversed(self.up):
+            h = level(h)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, H, W)
 
 
