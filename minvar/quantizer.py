@@ -27,6 +27,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# The scale schedules (sides pn_1 < ... < pn_K of the K token maps), defined here once and imported by the tokenizer
+# and the transformer, which must use the same one. Paper Section 3.2 and official `patch_nums`.
+SCHEDULE_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # 256px images, 16×16 latent: L = 680 tokens
+SCHEDULE_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)  # 512px images (VAR-d36), same tokenizer weights: L = 2240
+SCHEDULE_TINY = (1, 2, 3, 4, 6, 8)  # minvar's CPU quickstart: 32px images, 8×8 latent, L = 130
+
 
 def phi_index_per_scale(num_scales: int, num_phis: int) -> List[int]:
     """Which of the `num_phis` Φ convolutions each of the `num_scales` scales uses.

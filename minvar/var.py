@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minvar.quantizer import SCHEDULE_256, SCHEDULE_512, SCHEDULE_TINY
+
 
 @dataclass
 class VARConfig:
@@ -37,7 +39,7 @@ class VARConfig:
     num_classes: int = 1000  # class ids 0..num_classes-1; id num_classes is the null class (guidance, dropout)
     vocab_size: int = 4096  # V: must equal the tokenizer's codebook size
     code_dim: int = 32  # Cvae: must equal the tokenizer's code dimension
-    patch_nums: Tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # must equal the tokenizer's schedule
+    patch_nums: Tuple[int, ...] = SCHEDULE_256  # must equal the tokenizer's schedule
     drop_rate: float = 0.0  # dropout after attention/FFN projections (0 officially)
     attn_drop_rate: float = 0.0  # dropout on attention weights (0 officially)
     drop_path_rate: float = -1.0  # stochastic depth of the last block; -1 means the official 0.1·depth/24
@@ -60,8 +62,6 @@ class VARConfig:
         return VARConfig(**{**asdict(self), "width": width, "num_heads": heads, "drop_path_rate": drop_path})
 
 
-SCHEDULE_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-SCHEDULE_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 # Named configurations (as DiT's DiT_models). dN are the released ImageNet models; "tiny" is the CPU quickstart.
 VAR_PRESETS = {
     "d16": VARConfig(depth=16, init_adaln_gamma=1e-3),
@@ -72,7 +72,7 @@ VAR_PRESETS = {
     # tiny: a half-width FFN (mlp_ratio 2, the official models use 4) runs 1.4x the CPU steps per second, and at an
     # equal step count its samples scored alike (75% vs 71% recognised after 1500 steps), so a 10-minute run fits more.
     "tiny": VARConfig(depth=4, width=128, num_heads=2, mlp_ratio=2.0, num_classes=15, vocab_size=512, code_dim=16,
-                      patch_nums=(1, 2, 3, 4, 6, 8), drop_path_rate=0.0, init_adaln_gamma=1e-3),
+                      patch_nums=SCHEDULE_TINY, drop_path_rate=0.0, init_adaln_gamma=1e-3),
 }
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minvar.quantizer import MultiScaleQuantizer
+from minvar.quantizer import SCHEDULE_256, SCHEDULE_512, SCHEDULE_TINY, MultiScaleQuantizer
 
 
 @dataclass
@@ -34,7 +34,7 @@ class VQVAEConfig:
     beta: float = 0.25  # commitment weight β of the quantizer loss
     phi_ratio: float = 0.5  # r in Φ(h) = (1-r)·h + r·conv(h)
     num_phis: int = 4  # Φ convolutions: 1 shared, 0 one per scale, 4 as the released VAE ("share_quant_resi")
-    patch_nums: Tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # sides of the K token maps, coarse to fine
+    patch_nums: Tuple[int, ...] = SCHEDULE_256  # sides of the K token maps, coarse to fine
     image_size: int = 256  # H = W of the images the tokenizer is meant for
     attention: bool = True  # self-attention at the lowest-resolution encoder/decoder level ("using_sa")
     mid_attention: bool = True  # self-attention in the middle blocks ("using_mid_sa")
@@ -60,10 +60,10 @@ class VQVAEConfig:
 # Named configurations. "official" is the released vae_ch160v4096z32 (108.9M parameters); the others are for CPUs.
 VQVAE_PRESETS = {
     "official": VQVAEConfig(),
-    "official-512": VQVAEConfig(patch_nums=(1, 2, 3, 4, 6, 9, 13, 18, 24, 32), image_size=512),
+    "official-512": VQVAEConfig(patch_nums=SCHEDULE_512, image_size=512),
     # The quickstart tokenizer: 32px images, 4× downsampling to an 8×8 latent, 6 scales (L = 130 tokens).
     "tiny": VQVAEConfig(vocab_size=512, code_dim=16, channels=16, channel_mult=(1, 2, 4), num_res_blocks=1,
-                        patch_nums=(1, 2, 3, 4, 6, 8), image_size=32, norm_groups=8),
+                        patch_nums=SCHEDULE_TINY, image_size=32, norm_groups=8),
     # Same layout as the fixture in ../shared/fixtures/official_var_tiny (ch=32 instead of 160).
     "official-ch32": VQVAEConfig(channels=32),
 }
