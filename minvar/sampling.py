@@ -20,6 +20,8 @@ from typing import List, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from minvar.var import VAR
+
 Labels = Union[int, Sequence[int], torch.Tensor, None]
 
 
@@ -40,10 +42,7 @@ def resolve_labels(var, labels: Labels, num_samples: Optional[int], device, gene
     label_B = torch.as_tensor(labels, device=device).long().reshape(-1)
     if label_B.numel() == 0:
         raise ValueError("no labels given: pass at least one class id")
-    if label_B.min() < 0 or label_B.max() > var.num_classes:
-        bad = label_B[(label_B < 0) | (label_B > var.num_classes)].tolist()
-        raise ValueError(f"unknown class id(s) {bad}: this model has classes 0..{var.num_classes - 1} "
-                         f"(and {var.num_classes} = unconditional)")
+    VAR.check_labels(label_B, var.num_classes)
     return label_B
 
 

@@ -307,13 +307,16 @@ class VAR(nn.Module):
         return load_official_var(path_or_state_dict, vae=vae)
 
     # ----------------------------------------------------------------------------------------------------------------
-    def check_labels(self, label_B: torch.Tensor) -> None:
-        """Class ids must be in [0, num_classes]; num_classes itself is the null (unconditional) class."""
+    @staticmethod
+    def check_labels(label_B: torch.Tensor, num_classes: int) -> None:
+        """Class ids must be in [0, num_classes]; num_classes itself is the null (unconditional) class. Static, so
+        that `sampling.resolve_labels` runs the same check for any model with `num_classes`."""
         if label_B.dtype not in (torch.int64, torch.int32) or label_B.ndim != 1:
             raise ValueError(f"labels must be a 1-D integer tensor, got {label_B.dtype} of shape {tuple(label_B.shape)}")
-        if label_B.numel() and (label_B.min() < 0 or label_B.max() > self.num_classes):
-            raise ValueError(f"class ids must be in 0..{self.num_classes - 1} (or {self.num_classes} for the null "
-                             f"class), got values from {int(label_B.min())} to {int(label_B.max())}")
+        if label_B.numel() and (label_B.min() < 0 or label_B.max() > num_classes):
+            bad = sorted(set(label_B[(label_B < 0) | (label_B > num_classes)].tolist()))
+            raise ValueError(f"unknown class id(s) {bad}: class ids must be in 0..{num_classes - 1} "
+                             f"(and {num_classes} = unconditional)")
 
     def condition(self, cond_BD: torch.Tensor) -> torch.Tensor:
         """What the blocks receive: the class vector, or the shared (B, 1, 6, C) modulation when shared_aln."""
@@ -333,7 +336,7 @@ class VAR(nn.Module):
         NOTE (differs from official VAR): no label is dropped in eval mode; the official code drops them whenever
         cond_drop_rate > 0, so its eval-mode forward is random (docs/official_model.md, label dropout).
         """
-        self.check_labels(label_B)
+        self.check_labels(label_B, self.num_classes)
         B, L = x_BLCv.shape[0], x_BLCv.shape[1] + 1
         if drop_mask_B is None and self.training and self.config.cond_drop_rate > 0:
             drop_mask_B = torch.rand(B, device=label_B.device) < self.config.cond_drop_rate
