@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from minvar.checkpoint import CheckpointError, load_tokenizer
-from minvar.data import DataError, build_dataset
+from minvar.data import DataError, build_dataset, from_uint8_images
 from minvar.judge import evaluate_accuracy, judge_predict, load_judge, save_judge, train_judge
 from minvar.metrics import frechet_distance_from_features, inception_score, precision_recall
 
@@ -58,7 +58,7 @@ def main(argv=None):
     if not os.path.isfile(args.samples):
         raise SystemExit(f"error: {args.samples} not found: run sample.py first (or pass --samples)")
     data = np.load(args.samples)
-    fake = torch.from_numpy(data["arr_0"]).permute(0, 3, 1, 2).float().div(127.5).sub(1)  # (N, 3, H, W) in [-1, 1]
+    fake = from_uint8_images(data["arr_0"])  # (N, 3, H, W) in [-1, 1]
     fake_labels = torch.from_numpy(data["labels"]) if "labels" in data else None
     size = fake.shape[-1]
 

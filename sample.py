@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from minvar.checkpoint import CheckpointError, load_tokenizer, load_var, read_file
-from minvar.data import save_image_grid, to_uint8_images
+from minvar.data import from_uint8_images, save_image_grid, to_uint8_images
 from minvar.sampling import box_keep_mask, check_pair, edit, generate
 
 
@@ -107,7 +107,7 @@ def main(argv=None):
             source = Image.open(args.edit).convert("RGB").resize((size, size), Image.LANCZOS)
         except OSError as error:
             raise SystemExit(f"error: cannot read --edit image {args.edit!r}: {error}")
-        image = torch.from_numpy(np.array(source)).permute(2, 0, 1).float().div(127.5).sub(1)[None].to(device)
+        image = from_uint8_images(np.array(source))[None].to(device)  # (1, 3, H, W) in [-1, 1]
         keep = box_keep_mask(vae.patch_nums[-1], [float(v) for v in args.box.split(",")], args.mode)
         label = classes[0] if args.classes != "all" else None  # no class: plain in/out-painting
         images = edit(var, vae, image.expand(args.per_class, -1, -1, -1), keep, label=label, cfg=args.cfg,

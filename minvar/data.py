@@ -48,11 +48,6 @@ class DataError(ValueError):
     """A dataset cannot be built or read; the message says what was wrong and what to do."""
 
 
-def _image_to_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float32 (3, H, W) in [-1, 1], the `ToTensor` then `x * 2 - 1` of official VAR."""
-    return torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, H, W)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Built-in procedural dataset
 
@@ -134,7 +129,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         fill = np.array(COLOURS[colour]) + rng.uniform(-25, 25, size=3)
         pixels = background * (1 - alpha) + fill * alpha  # (H, W, 3)
         pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)  # quantise like a real 8-bit image
-        return _image_to_tensor(pixels), label
+        return from_uint8_images(pixels), label
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -225,7 +220,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         image = image.crop((left, top, left + crop, top + crop))  # (crop, crop) image
         if flip:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        return _image_to_tensor(np.array(image))  # (3, H, W)
+        return from_uint8_images(np.array(image))  # (3, H, W)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         # Walk forward from `index` (wrapping) until a file reads; files already known to be bad are passed over.
@@ -271,6 +266,18 @@ def to_uint8_images(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) floats in [-1, 1] -> (B, H, W, 3) uint8, rounding to the nearest level as torchvision does."""
     pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (B, 3, H, W)
     return pixels.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+
+
+def from_uint8_images(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3), or one (H, W, 3), -> float32 (B, 3, H, W), or (3, H, W), in [-1, 1].
+
+    The inverse of `to_uint8_images`, and official VAR's `ToTensor` (x / 255) then `x * 2 - 1` (the same floats).
+    """
+    pixels = torch.as_tensor(pixels)
+    if pixels.dtype != torch.uint8 or pixels.ndim not in (3, 4) or pixels.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images of shape (H, W, 3) or (B, H, W, 3), got {pixels.dtype} of shape "
+                         f"{tuple(pixels.shape)}")
+    return pixels.movedim(-1, -3).float() / 127.5 - 1.0  # channels first: (..., 3, H, W)
 
 
 def _wrap_words(text: str, font: ImageFont.ImageFont, width: int) -> list[str]:

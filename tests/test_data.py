@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from minvar.data import (MAX_TILT_DEGREES, DataError, ImageFolderDataset, ShapesDataset, build_dataset,
-                         save_image_grid, to_uint8_images)
+                         from_uint8_images, save_image_grid, to_uint8_images)
 
 
 def write_png(path, size=(40, 30), seed=0, mode="RGB"):
@@ -223,6 +223,20 @@ def test_to_uint8_images_maps_range_and_layout():
     pixels = to_uint8_images(images)
     assert pixels.shape == (2, 4, 5, 3) and pixels.dtype == np.uint8
     assert (pixels[0, ..., 0] == 0).all() and (pixels[0, ..., 1] == 255).all() and (pixels[1, ..., 2] == 255).all()
+
+
+def test_from_uint8_images_inverts_to_uint8_images():
+    """0 -> -1 and 255 -> +1, channels move first for a batch and for one image, every one of the 256 levels comes
+    back unchanged through `to_uint8_images`, and a float array (already converted) is refused."""
+    pixels = np.random.default_rng(0).permutation(256).astype(np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)
+    pixels[..., 1] = 255 - pixels[..., 1]  # the channels differ, so a wrong channel order would show
+    images = from_uint8_images(pixels)
+    assert images.shape == (1, 3, 16, 16) and images.dtype == torch.float32
+    assert images.min() == -1 and images.max() == 1
+    assert np.array_equal(to_uint8_images(images), pixels)
+    assert torch.equal(from_uint8_images(pixels[0]), images[0])
+    with pytest.raises(ValueError, match="uint8 images"):
+        from_uint8_images(pixels.astype(np.float32))
 
 
 def test_save_image_grid_places_images_with_padding(tmp_path):
