@@ -111,7 +111,7 @@ def sample_scales(var, vae, label_B: torch.Tensor, cfg: float = 1.5, top_k: int 
     tokens, f_hats = [], []
     for k, pn in enumerate(var.patch_nums):
         ratio = k / (K - 1) if K > 1 else 1.0
-        logits_2BlV = var.forward_scale(k, x_2BlC, cond_2BD, kv_caches)
+        logits_2BlV = var.forward_scale(x_2BlC, cond_2BD, kv_caches)
         # Classifier-free guidance with the official linear ramp: t = cfg·k/(K-1), so the 1×1 scale is unguided
         # and the last scale uses the familiar weight w = 1 + cfg.
         t = cfg * ratio

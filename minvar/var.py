@@ -174,8 +174,10 @@ class AdaLNBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.attn = SelfAttention(C, cfg.num_heads, cfg.attn_drop_rate, cfg.drop_rate, cfg.attn_l2_norm)
         self.ffn = FFN(C, round(C * cfg.mlp_ratio), cfg.drop_rate)
-        self.ln_wo_grad = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
-        if cfg.shared_aln:  # a learned per-block offset to the shared (B, 1, 6, C) modulation
+        self.ln_without_affine = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
+        if cfg.shared_aln:
+            # ada_gss: this block's learned offset ("gamma, scale, shift") to the shared (B, 1, 6, C) modulation;
+            # the name is a key of the released d36 checkpoint, so it stays
             self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, C) / C ** 0.5)
         else:
             self.ada_lin = nn.Sequential(nn.SiLU(inplace=False), nn.Linear(C, 6 * C))
@@ -188,9 +190,9 @@ class AdaLNBlock(nn.Module):
         else:
             modulation = self.ada_lin(cond).view(-1, 1, 6, x.shape[-1])  # (B, 1, 6, C)
         gamma1, gamma2, scale1, scale2, shift1, shift2 = modulation.unbind(2)  # each (B, 1, C)
-        h = self.attn(self.ln_wo_grad(x).mul(scale1 + 1).add(shift1), attn_bias, kv_cache)  # (B, L, C)
+        h = self.attn(self.ln_without_affine(x).mul(scale1 + 1).add(shift1), attn_bias, kv_cache)  # (B, L, C)
         x = x + self.drop_path(h.mul(gamma1))
-        h = self.ffn(self.ln_wo_grad(x).mul(scale2 + 1).add(shift2))  # (B, L, C)
+        h = self.ffn(self.ln_without_affine(x).mul(scale2 + 1).add(shift2))  # (B, L, C)
         return x + self.drop_path(h.mul(gamma2))
 
 
@@ -199,12 +201,12 @@ class AdaLNBeforeHead(nn.Module):
 
     def __init__(self, width: int, norm_eps: float):
         super().__init__()
-        self.ln_wo_grad = nn.LayerNorm(width, eps=norm_eps, elementwise_affine=False)
+        self.ln_without_affine = nn.LayerNorm(width, eps=norm_eps, elementwise_affine=False)
         self.ada_lin = nn.Sequential(nn.SiLU(inplace=False), nn.Linear(width, 2 * width))
 
     def forward(self, x: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         scale, shift = self.ada_lin(cond_BD).view(-1, 1, 2, x.shape[-1]).unbind(2)  # each (B, 1, C)
-        return self.ln_wo_grad(x).mul(scale + 1).add(shift)
+        return self.ln_without_affine(x).mul(scale + 1).add(shift)
 
 
 def block_causal_mask(patch_nums: Sequence[int]) -> torch.Tensor:
@@ -352,8 +354,7 @@ class VAR(nn.Module):
             x_BLC = block(x_BLC, cond, attn_bias)
         return self.get_logits(x_BLC, cond_BD)  # (B, L, V)
 
-    def forward_scale(self, scale_index: int, x_BlC: torch.Tensor, cond_BD: torch.Tensor,
-                      kv_caches: List[dict]) -> torch.Tensor:
+    def forward_scale(self, x_BlC: torch.Tensor, cond_BD: torch.Tensor, kv_caches: List[dict]) -> torch.Tensor:
         """One step of KV-cached generation: the embedded inputs of ONE scale (B, l, C) -> its logits (B, l, V).
 
         No mask is needed: the cache holds exactly the coarser scales, and within a scale every token sees every

@@ -96,7 +96,7 @@ def kv_cached_logits(var, vae, labels, idx):
     f_hat = torch.zeros(len(labels), vae.quantize.code_dim, var.patch_nums[-1], var.patch_nums[-1])
     logits = []
     for k in range(var.num_scales):
-        logits.append(var.forward_scale(k, x, cond, caches))
+        logits.append(var.forward_scale(x, cond, caches))
         f_hat, nxt = vae.quantize.next_scale_input(k, f_hat, vae.quantize.embedding(idx[k]))
         if nxt is not None:
             x = var.embed_scale_input(k + 1, nxt)

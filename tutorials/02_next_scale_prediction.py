@@ -150,7 +150,7 @@ with torch.no_grad():
     x_BlC = var.embed_start(cond_BD)  # (B, 1, C) scale 1's only input
     pieces = []
     for k in range(K):
-        pieces.append(var.forward_scale(k, x_BlC, cond_BD, kv_caches))  # (B, l, V)
+        pieces.append(var.forward_scale(x_BlC, cond_BD, kv_caches))  # (B, l, V)
         if k < K - 1:
             begin, end = var.begin_ends[k + 1]
             x_BlC = var.embed_scale_input(k + 1, x_BLCv[:, begin - 1:end - 1])  # (B, l_next, C)
