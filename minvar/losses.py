@@ -258,7 +258,9 @@ def adaptive_generator_weight(
     It scales the GAN term so that, at the decoder's last layer, its gradient is as large as the reconstruction
     (+ perceptual) gradient: the GAN can then neither be drowned out nor dominate. Returned detached (λ is a
     coefficient, not something to differentiate through) and clamped to [0, max_weight] as taming does; the
-    caller multiplies it by its own GAN weight and `discriminator_factor`.
+    caller multiplies it by its own GAN weight. The caller also switches the GAN on only from a start step
+    (taming's `adopt_weight`; `train_tokenizer.py --disc-start`): a discriminator facing the blurry early
+    reconstructions wins too easily and its gradients only add noise.
 
     Both losses must still have their graphs (this takes gradients with retain_graph=True, so the caller can
     backpropagate the total loss afterwards).
@@ -267,12 +269,3 @@ def adaptive_generator_weight(
     generator_gradient = torch.autograd.grad(generator_loss, last_layer_weight, retain_graph=True)[0]
     weight = reconstruction_gradient.norm() / (generator_gradient.norm() + 1e-4)  # scalar; 1e-4 avoids 0 / 0
     return weight.clamp(0.0, max_weight).detach()
-
-
-def discriminator_factor(step: int, start_step: int) -> float:
-    """0 before `start_step`, 1 from then on (taming's `adopt_weight`).
-
-    VQGAN first trains the autoencoder alone and switches the GAN on later: a discriminator facing blurry early
-    reconstructions wins too easily and its gradients only add noise.
-    """
-    return 0.0 if step < start_step else 1.0

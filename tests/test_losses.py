@@ -9,7 +9,6 @@ from minvar.losses import (
     PerceptualLoss,
     adaptive_generator_weight,
     build_vgg16_features,
-    discriminator_factor,
     hinge_discriminator_loss,
     hinge_generator_loss,
 )
@@ -216,9 +215,3 @@ def test_adaptive_generator_weight_equals_gradient_norm_ratio():
     assert layer.weight.grad is not None
     clamped = adaptive_generator_weight(*losses(), layer.weight, max_weight=0.01)
     assert clamped.item() == pytest.approx(0.01) and expected.item() > 0.01
-
-
-def test_discriminator_factor_switches_on_at_start_step():
-    """The GAN term is off (0) strictly before start_step and on (1) from start_step onwards."""
-    assert [discriminator_factor(step, start_step=3) for step in range(6)] == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
-    assert discriminator_factor(0, start_step=0) == 1.0
