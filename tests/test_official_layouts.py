@@ -1,6 +1,6 @@
 """Every released checkpoint layout loads strictly, and bad checkpoints fail with a message that names the problem.
 
-The layouts come from ../shared/reference/official_keys (every key, shape and dtype of the released files). The
+The layouts come from official_keys (../shared/reference, or its copy in tests/fixtures; every key, shape and dtype of the released files). The
 big models are built on the meta device, so no memory is spent on 2B parameters.
 """
 import pathlib
@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from conftest import FIXTURES, OFFICIAL_KEYS, require
+from conftest import OFFICIAL_KEYS, official_state_dicts, require
 from minvar import VAR, VQVAE, CheckpointError
 from minvar.checkpoint import infer_var_config, infer_vqvae_config, strict_load
 from minvar.var import SCHEDULE_256, SCHEDULE_512
@@ -72,17 +72,17 @@ def test_vae_layout_loads_strictly():
     strict_load(vae, state, "VQVAE")
 
 
-def test_vae_file_given_as_var_file_is_named():
+def test_vae_file_given_as_var_file_is_named(official_weight_files):
     """Loading the tokenizer file as a transformer says so and says what to do."""
     with pytest.raises(CheckpointError, match="VQVAE.from_official"):
-        VAR.from_official(require(FIXTURES / "var_state_dict.pt").parent / "vae_state_dict.pt")
+        VAR.from_official(official_weight_files["vae"])
     with pytest.raises(CheckpointError, match="VAR.from_official"):
-        VQVAE.from_official(require(FIXTURES / "var_state_dict.pt"))
+        VQVAE.from_official(official_weight_files["var"])
 
 
 def test_missing_unexpected_and_misshaped_keys_are_reported():
     """A missing key, a stray key and a wrong shape each produce a message naming the key."""
-    state = torch.load(require(FIXTURES / "var_state_dict.pt"), weights_only=True)
+    state = official_state_dicts()[1]
     broken = dict(state)
     del broken["head.bias"]
     with pytest.raises(CheckpointError, match=r"missing key\(s\) \['head.bias'\]"):
@@ -95,12 +95,12 @@ def test_missing_unexpected_and_misshaped_keys_are_reported():
         VAR.from_official(broken)
 
 
-def test_unreadable_and_code_carrying_files_are_refused(tmp_path):
+def test_unreadable_and_code_carrying_files_are_refused(tmp_path, official_weight_files):
     """A truncated file, a missing file and a pickle that would run code all give a CheckpointError."""
     with pytest.raises(CheckpointError, match="does not exist"):
         VAR.from_official(tmp_path / "nope.pth")
     truncated = tmp_path / "truncated.pth"
-    truncated.write_bytes(require(FIXTURES / "var_state_dict.pt").read_bytes()[:1000])
+    truncated.write_bytes(official_weight_files["var"].read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="cannot read"):
         VAR.from_official(truncated)
 
