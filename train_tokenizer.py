@@ -24,8 +24,8 @@ from tqdm import tqdm
 from minvar.checkpoint import CheckpointError, config_from_dict, save_checkpoint
 from minvar.data import DataError, build_dataset, save_image_grid
 from minvar.metrics import codebook_usage, psnr
-from minvar.training import (RunLog, add_common_arguments, all_reduce_mean, autocast, is_due, make_loader,
-                             resolve_device, resume_from, setup_distributed, unwrap, wrap_ddp)
+from minvar.training import (RunLog, add_common_arguments, all_reduce_mean, autocast, end_distributed, is_due,
+                             make_loader, resolve_device, resume_from, setup_distributed, unwrap, wrap_ddp)
 from minvar.vqvae import VQVAE, VQVAE_PRESETS, VQVAEConfig
 
 
@@ -239,8 +239,8 @@ def main(argv=None):
             json.dump(metrics, file, indent=1)
         print(f"tokenizer: held-out PSNR {metrics['psnr']:.2f} dB, codebook usage per scale "
               f"{metrics['usage_per_scale']}; checkpoint {checkpoint_path}")
-    if distributed.world_size > 1:
-        torch.distributed.destroy_process_group()
+    del model, discriminator, bar, loader  # the DDP wrappers hold the process group: drop them before leaving it
+    end_distributed(distributed)
 
 
 if __name__ == "__main__":

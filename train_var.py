@@ -23,9 +23,9 @@ from tqdm import tqdm
 from minvar.checkpoint import CheckpointError, config_from_dict, load_tokenizer, save_checkpoint
 from minvar.data import DataError, build_dataset, save_image_grid
 from minvar.sampling import check_pair, generate
-from minvar.training import (EMA, RunLog, add_common_arguments, all_reduce_mean, autocast, is_due, lr_wd_at,
-                             make_loader, resolve_device, resume_from, set_lr_wd, setup_distributed, step_generator,
-                             wrap_ddp)
+from minvar.training import (EMA, RunLog, add_common_arguments, all_reduce_mean, autocast, end_distributed, is_due,
+                             lr_wd_at, make_loader, resolve_device, resume_from, set_lr_wd, setup_distributed,
+                             step_generator, wrap_ddp)
 from minvar.var import VAR, VAR_PRESETS, VARConfig
 
 # Training recipes. dN are the official ImageNet ones (README of FoundationVision/VAR and facts §3): global batch,
@@ -219,8 +219,8 @@ def main(argv=None):
                             rng_state=torch.get_rng_state(), args=vars(args))
     if distributed.is_main and start_step < steps:  # a resumed, already finished run trains no step
         print(f"VAR: final loss {loss.item():.4f}; checkpoint {checkpoint_path}")
-    if distributed.world_size > 1:
-        torch.distributed.destroy_process_group()
+    del model, bar, loader  # the DDP wrappers hold the process group: drop them before leaving it
+    end_distributed(distributed)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import math
 import os
 import time
@@ -75,6 +76,24 @@ def setup_distributed(device: str) -> Distributed:
     if device.startswith("cuda"):
         torch.cuda.set_device(info.local_rank)
     return info
+
+
+def end_distributed(distributed: Distributed) -> None:
+    """Leave the process group so that every process exits cleanly; call it after dropping the DDP wrappers.
+
+    The order matters. `destroy_process_group` only unregisters the group: a DistributedDataParallel wrapper still
+    holds it (for its gradient reducer), so while a wrapper lives, the gloo/NCCL backend and its worker threads
+    survive until the interpreter shuts down, and are then destroyed while Python is half torn down, which can
+    abort the process ("terminate called without an active exception", SIGABRT; seen on rank 1 of a 2-process
+    CPU run). So the scripts `del` their wrappers and loaders first; here the barrier makes every process wait for
+    rank 0's final grid and checkpoint, a garbage collection frees what the wrappers left in reference cycles, and
+    only then is the group destroyed, while the interpreter is fully alive.
+    """
+    if distributed.world_size <= 1:
+        return
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def resolve_device(name: str, distributed: Distributed) -> torch.device:
