@@ -58,10 +58,10 @@ def official_weight_files(tmp_path_factory):
 @pytest.fixture(scope="session")
 def official_tiny():
     """(vae, var) of the official tiny fixture, loaded through minvar's official-checkpoint path."""
-    from minvar import VAR, VQVAE
+    from minvar import load_official_var, load_official_vqvae
     vae_state, var_state = official_state_dicts()
-    vae = VQVAE.from_official(vae_state)
-    var = VAR.from_official(var_state, vae=vae)
+    vae = load_official_vqvae(vae_state)
+    var = load_official_var(var_state, vae=vae)
     return vae, var
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import OFFICIAL_KEYS, official_state_dicts, require
-from minvar import VAR, VQVAE, CheckpointError
-from minvar.checkpoint import infer_var_config, infer_vqvae_config, strict_load
+from minvar import VAR, VQVAE, CheckpointError, load_official_var, load_official_vqvae
+from minvar.official import infer_var_config, infer_vqvae_config, strict_load
 from minvar.var import SCHEDULE_256, SCHEDULE_512
 
 # parameter counts measured on the official classes (facts §2.1, §7): an independent check of the architecture
@@ -74,10 +74,10 @@ def test_vae_layout_loads_strictly():
 
 def test_vae_file_given_as_var_file_is_named(official_weight_files):
     """Loading the tokenizer file as a transformer says so and says what to do."""
-    with pytest.raises(CheckpointError, match="VQVAE.from_official"):
-        VAR.from_official(official_weight_files["vae"])
-    with pytest.raises(CheckpointError, match="VAR.from_official"):
-        VQVAE.from_official(official_weight_files["var"])
+    with pytest.raises(CheckpointError, match="load_official_vqvae"):
+        load_official_var(official_weight_files["vae"])
+    with pytest.raises(CheckpointError, match="load_official_var"):
+        load_official_vqvae(official_weight_files["var"])
 
 
 def test_missing_unexpected_and_misshaped_keys_are_reported():
@@ -86,23 +86,23 @@ def test_missing_unexpected_and_misshaped_keys_are_reported():
     broken = dict(state)
     del broken["head.bias"]
     with pytest.raises(CheckpointError, match=r"missing key\(s\) \['head.bias'\]"):
-        VAR.from_official(broken)
+        load_official_var(broken)
     broken = dict(state, **{"extra.weight": torch.zeros(1)})
     with pytest.raises(CheckpointError, match="unexpected key.*extra.weight"):
-        VAR.from_official(broken)
+        load_official_var(broken)
     broken = dict(state, **{"blocks.1.ffn.fc2.bias": torch.zeros(7)})
     with pytest.raises(CheckpointError, match=r"blocks.1.ffn.fc2.bias.*\(7,\).*\(128,\)"):
-        VAR.from_official(broken)
+        load_official_var(broken)
 
 
 def test_unreadable_and_code_carrying_files_are_refused(tmp_path, official_weight_files):
     """A truncated file, a missing file and a pickle that would run code all give a CheckpointError."""
     with pytest.raises(CheckpointError, match="does not exist"):
-        VAR.from_official(tmp_path / "nope.pth")
+        load_official_var(tmp_path / "nope.pth")
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(official_weight_files["var"].read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="cannot read"):
-        VAR.from_official(truncated)
+        load_official_var(truncated)
 
     class Evil:
         def __reduce__(self):
@@ -111,7 +111,7 @@ def test_unreadable_and_code_carrying_files_are_refused(tmp_path, official_weigh
     evil = tmp_path / "evil.pth"
     torch.save({"x": Evil()}, evil)
     with pytest.raises(CheckpointError):
-        VAR.from_official(evil)
+        load_official_var(evil)
     assert not (tmp_path / "pwned").exists()  # weights_only=True: the file never ran code
 
 
@@ -120,4 +120,4 @@ def test_vae_and_var_that_do_not_fit_are_refused(official_tiny):
     vae, _ = official_tiny
     other = VAR.from_preset("tiny")
     with pytest.raises(ValueError, match="codebook"):
-        VAR.from_official(other.state_dict(), vae=vae)
+        load_official_var(other.state_dict(), vae=vae)

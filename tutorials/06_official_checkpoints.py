@@ -24,7 +24,7 @@ import torch
 import common  # flags, threads (tutorials/common.py)
 import matplotlib.pyplot as plt
 
-from minvar import VAR, VQVAE, generate
+from minvar import generate, load_official_var, load_official_vqvae
 
 HUGGING_FACE = "https://huggingface.co/FoundationVision/var"
 SHARED = Path(os.environ.get("MINVAR_SHARED", common.REPO_ROOT.parent / "shared"))
@@ -69,8 +69,8 @@ def show_images(rows, titles, path_name, suptitle):
 common.section("1. The released checkpoints")
 # ------------------------------------------------------------------------------------------------------------------
 if os.path.isfile(args.vae) and os.path.isfile(args.var):
-    vae = VQVAE.from_official(args.vae)  # frozen, eval mode, as the official test_mode=True
-    var = VAR.from_official(args.var, vae=vae)  # checks that the two fit (codebook, scale schedule)
+    vae = load_official_vqvae(args.vae)  # frozen, eval mode, as the official test_mode=True
+    var = load_official_var(args.var, vae=vae)  # checks that the two fit (codebook, scale schedule)
     print(f"VQVAE {args.vae}: {count(vae):,} parameters (the official count is 108,948,355)")
     print(f"VAR   {args.var}: {count(var):,} parameters, depth {var.config.depth}, width {var.config.width}, "
           f"{var.config.num_heads} heads (d16: 310,283,520; the README's '310M' is the transformer alone)")
@@ -106,8 +106,8 @@ if not (fixture / "vae_state_dict.pt").is_file():
 # released architecture and key names, narrower (VAE ch=32 instead of 160; VAR depth 2, width 128), plus what the
 # official code computed with them. Random weights make noise images, but every number must match.
 config = json.loads((fixture / "config.json").read_text())
-vae = VQVAE.from_official(fixture / "vae_state_dict.pt")
-var = VAR.from_official(fixture / "var_state_dict.pt", vae=vae)
+vae = load_official_vqvae(fixture / "vae_state_dict.pt")
+var = load_official_var(fixture / "var_state_dict.pt", vae=vae)
 print(f"VQVAE: {count(vae):,} parameters (official code: {config['vae']['n_params']:,}); read from the weights: "
       f"channels {vae.config.channels}, channel_mult {vae.config.channel_mult}, V = {vae.config.vocab_size}, "
       f"Cvae = {vae.config.code_dim}, {len(vae.quantize.quant_resi.qresi_ls)} Φs, scales {vae.patch_nums}")
@@ -142,5 +142,5 @@ for run, settings in (("greedy_cfg4", dict(cfg=4.0, top_k=1, top_p=0.0)),
     titles.append(f"{run}: official code (left two), minvar (right two)")
 show_images(rows, titles, "06_official_layout_samples.png",
             "Official-layout weights (random, so the images are noise): official code vs minvar, same seed")
-print("The same code path loads the released files: VQVAE.from_official and VAR.from_official read the architecture "
+print("The same code path loads the released files: load_official_vqvae and load_official_var read the architecture "
       "from the keys and load strictly.")
