@@ -49,8 +49,8 @@ def load_checkpoint(path_or_dict, kind: str) -> Dict[str, Any]:
     found = data.get("kind")
     if found is None:
         guess = kind_of_state_dict(data)
-        raise CheckpointError(f"{where} is not a minvar checkpoint (no 'kind' field)" +
-                              (f"; it looks like an official {guess} state dict: use load_official_{guess}" if guess != "unknown" else ""))
+        hint = "" if guess == "unknown" else f"; it looks like an official {guess} file: use load_official_{guess}"
+        raise CheckpointError(f"{where} is not a minvar checkpoint (no 'kind' field){hint}")
     if found != kind:
         raise CheckpointError(f"{where} is a {found!r} checkpoint, but a {kind!r} one is needed here")
     return data

@@ -1,7 +1,8 @@
 """Every released checkpoint layout loads strictly, and bad checkpoints fail with a message that names the problem.
 
-The layouts come from official_keys (../shared/reference, or its copy in tests/fixtures; every key, shape and dtype of the released files). The
-big models are built on the meta device, so no memory is spent on 2B parameters.
+The layouts come from the official_keys lists (../shared/reference, or their copy in tests/fixtures): every key,
+shape and dtype of the released files. The big models are built on the meta device, so no memory is spent on 2B
+parameters.
 """
 import pathlib
 import re
