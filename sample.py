@@ -6,6 +6,7 @@ and IS are measured (official README: 50 images per class, cfg 1.5, top-k 900, t
 
     python sample.py                                           # the quickstart model, every class
     python sample.py --classes "red circle,blue ring" --per-class 16
+    python sample.py --pretrained d16 --classes 207,980 --per-class 4      # the released VAR-d16, downloaded once
     python sample.py --checkpoint var_d16.pth --tokenizer vae_ch160v4096z32.pth --classes 207,980 \
         --cfg 1.5 --top-k 900 --top-p 0.96 --per-class 50 --device cuda
 Zero-shot editing (paper Section 5): in-paint a box, out-paint around it, or regenerate it as another class:
@@ -21,6 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from minvar.checkpoint import CheckpointError, load_tokenizer, load_var, read_file
+from minvar.pretrained import RELEASED, DownloadError, load as load_pretrained
 from minvar.data import save_image_grid, to_uint8_images
 from minvar.sampling import box_keep_mask, check_pair, edit, generate
 from minvar.training import non_negative_int, positive_int, probability
@@ -33,6 +35,9 @@ def parse_args(argv=None):
                         "or an official var_dN.pth")
     parser.add_argument("--tokenizer", default=None, help="tokenizer checkpoint; needed for official VAR files, "
                         "otherwise the one recorded in the VAR checkpoint")
+    parser.add_argument("--pretrained", default=None, choices=[n for n in RELEASED if n != "vae"],
+                        help="a released ImageNet VAR by name, with its tokenizer: downloaded once into the cache "
+                        "folder (~/.cache/minvar or $MINVAR_CACHE), checked, loaded strictly; replaces --checkpoint")
     parser.add_argument("--classes", default="all", help="comma-separated class ids or names, or 'all'")
     parser.add_argument("--per-class", type=positive_int, default=16, help="samples per class")
     parser.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance strength")
@@ -59,6 +64,12 @@ def parse_args(argv=None):
 
 def load_models(args, device):
     """The VAR and its tokenizer from a minvar checkpoint (tokenizer embedded or by path) or official files."""
+    if args.pretrained:  # the released ImageNet model: class ids 0-999
+        try:
+            vae, var = load_pretrained(args.pretrained)
+        except DownloadError as error:
+            raise SystemExit(f"error: --pretrained {args.pretrained}: {error}")
+        return var.to(device), vae.to(device), [str(i) for i in range(var.num_classes)]
     data = read_file(args.checkpoint)
     var = load_var(data, use_ema=not args.no_ema)
     class_names = data.get("class_names") or [str(i) for i in range(var.num_classes)]
