@@ -1,6 +1,6 @@
 """The released official weights: reading weight files safely, and building models from official state dicts.
 
-`vae_ch160v4096z32.pth` and `var_d{16,20,24,30,36}.pth` (FoundationVision/VAR, paper §4 models) are plain state
+`vae_ch160v4096z32.pth` and `var_d{16,20,24,30,36}.pth` (released with FoundationVision/VAR) are plain state
 dicts with the official parameter and buffer names (models/vqvae.py and models/var.py of the official code). The VAR
 ones carry the buffers `lvl_1L`, `attn_bias_for_masking` and `blocks.*.attn.zero_k_bias`; minvar registers the same
 persistent buffers, so they load strictly with no key left over. The architecture is read from the weights.
