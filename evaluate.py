@@ -16,6 +16,7 @@ come from OpenAI's guided-diffusion evaluator run on sample.py's samples.npz and
     python evaluate.py --samples my.npz --data-path /data/imagenet/val --inception-weights pt_inception.pth
 """
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -27,6 +28,7 @@ from minvar.checkpoint import CheckpointError, load_tokenizer
 from minvar.data import DataError, build_dataset, from_uint8_images
 from minvar.judge import evaluate_accuracy, judge_predict, load_judge, save_judge, train_judge
 from minvar.metrics import frechet_distance_from_features, inception_score, precision_recall
+from minvar.training import positive_int
 
 
 def parse_args(argv=None):
@@ -38,10 +40,10 @@ def parse_args(argv=None):
                         "reconstructions of the real images (skipped if the file is absent)")
     parser.add_argument("--judge", default="runs/judge.pt", help="judge classifier file; trained and saved "
                         "there if absent")
-    parser.add_argument("--judge-steps", type=int, default=600, help="training steps of a new judge")
+    parser.add_argument("--judge-steps", type=positive_int, default=600, help="training steps of a new judge")
     parser.add_argument("--inception-weights", default=None, help="pytorch-fid Inception weights file: use "
                         "Inception features instead of the judge's")
-    parser.add_argument("--num-real", type=int, default=1500, help="real images per reference set")
+    parser.add_argument("--num-real", type=positive_int, default=1500, help="real images per reference set")
     parser.add_argument("--seed", type=int, default=0, help="seed of the built-in dataset")
     parser.add_argument("--out", default=None, help="JSON report path (default: beside the samples)")
     return parser.parse_args(argv)
@@ -51,6 +53,21 @@ def stack(dataset, count: int) -> tuple:
     """The first `count` items of a dataset as (images (N, 3, H, W), labels (N,))."""
     items = [dataset[i] for i in range(min(count, len(dataset)))]
     return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
+
+
+def data_fingerprint(data_path, train_set, image_size: int) -> dict:
+    """What a judge is trained on, to recognise a judge file trained on other data.
+
+    The built-in dataset is a pure function of its parameters; a folder is described by its listing (each image's
+    path relative to the folder and its size in bytes), hashed, so that an added, removed or replaced image counts.
+    """
+    if data_path is None:
+        return {"dataset": "built-in shapes", "num_images": len(train_set), "image_size": image_size,
+                "seed": train_set.seed}
+    listing = "\n".join(f"{os.path.relpath(path, train_set.root)}\t{os.path.getsize(path)}"
+                        for path, _ in train_set.samples)
+    return {"dataset": "folder", "root": os.path.abspath(train_set.root), "files": len(train_set.samples),
+            "listing_sha256": hashlib.sha256(listing.encode()).hexdigest(), "image_size": image_size}
 
 
 def main(argv=None):
@@ -73,12 +90,17 @@ def main(argv=None):
     real_a, real_b, labels_a = real[:half], real[half:], real_labels[:half]
 
     # 2. the judge (always: class accuracy needs a classifier of the real classes)
-    if os.path.isfile(args.judge):
-        judge = load_judge(args.judge)
-    else:
+    # A judge file remembers the data it was trained on: scoring other data with it would measure the wrong classes.
+    fingerprint = data_fingerprint(args.data_path, train_set, size)
+    judge = load_judge(args.judge) if os.path.isfile(args.judge) else None
+    if judge is not None and judge.trained_on != fingerprint:
+        print(f"{args.judge} was trained on other data ({judge.trained_on or 'not recorded'}); this evaluation's "
+              f"data is {fingerprint}: training a new judge and overwriting {args.judge}")
+        judge = None
+    if judge is None:
         judge = train_judge(train_set, steps=args.judge_steps, seed=args.seed)
         os.makedirs(os.path.dirname(os.path.abspath(args.judge)), exist_ok=True)
-        save_judge(judge, args.judge)
+        save_judge(judge, args.judge, data=fingerprint)
     report = {"samples": len(fake), "real_per_set": half, "judge_accuracy_real": evaluate_accuracy(judge, real_a,
                                                                                                  labels_a)}
     if os.path.isfile(args.tokenizer):

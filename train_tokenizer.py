@@ -24,8 +24,9 @@ from tqdm import tqdm
 from minvar.checkpoint import CheckpointError, config_from_dict, save_checkpoint
 from minvar.data import DataError, build_dataset, save_image_grid
 from minvar.metrics import codebook_usage, psnr
-from minvar.training import (RunLog, add_common_arguments, all_reduce_mean, autocast, is_due, make_loader,
-                             resolve_device, resume_from, setup_distributed, unwrap, wrap_ddp)
+from minvar.training import (RunLog, add_common_arguments, all_reduce_mean, autocast, end_distributed, is_due,
+                             make_loader, non_negative_float, non_negative_int, positive_float, positive_int,
+                             probability, resolve_device, resume_from, setup_distributed, unwrap, wrap_ddp)
 from minvar.vqvae import VQVAE, VQVAE_PRESETS, VQVAEConfig
 
 
@@ -36,30 +37,33 @@ def parse_args(argv=None):
     add_common_arguments(parser, "runs/tokenizer", 32, "training resolution (square)")
     # model
     parser.add_argument("--preset", default="tiny", choices=sorted(VQVAE_PRESETS), help="tokenizer architecture")
-    parser.add_argument("--vocab-size", type=int, default=None, help="override the preset's codebook size")
+    parser.add_argument("--vocab-size", type=positive_int, default=None, help="override the preset's codebook size")
     parser.add_argument("--patch-nums", default=None, help="override the scale schedule, e.g. 1,2,3,4,6,8")
     # optimisation. Quickstart: 600 steps × 16 images in 2.5 minutes; batch 16 trains 74 images/s on 2 CPU threads
     # against 56 at batch 8, and 1000 × 8 once gave a tokenizer that drew green and blue alike (README).
-    parser.add_argument("--steps", type=int, default=600, help="training steps")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per step per process")
-    parser.add_argument("--learning-rate", type=float, default=3e-3, help="peak Adam learning rate")
-    parser.add_argument("--warmup-steps", type=int, default=50, help="linear warmup, then cosine decay to 10%%")
-    parser.add_argument("--grad-clip", type=float, default=1.0, help="global gradient-norm clip (0: off)")
+    parser.add_argument("--steps", type=positive_int, default=600, help="training steps")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per step per process")
+    parser.add_argument("--learning-rate", type=positive_float, default=3e-3, help="peak Adam learning rate")
+    parser.add_argument("--warmup-steps", type=non_negative_int, default=50,
+                        help="linear warmup, then cosine decay to 10%%")
+    parser.add_argument("--grad-clip", type=non_negative_float, default=1.0, help="global gradient-norm clip (0: off)")
     # losses
-    parser.add_argument("--mse-weight", type=float, default=1.0, help="weight of the squared pixel error")
-    parser.add_argument("--l1-weight", type=float, default=0.0, help="weight of the absolute pixel error (VQGAN's)")
+    parser.add_argument("--mse-weight", type=non_negative_float, default=1.0, help="weight of the squared pixel error")
+    parser.add_argument("--l1-weight", type=non_negative_float, default=0.0,
+                        help="weight of the absolute pixel error (VQGAN's)")
     parser.add_argument("--perceptual-weights", default=None, help="torchvision vgg16-397923af.pth file; "
                         "enables the LPIPS-style perceptual loss (nothing is ever downloaded)")
     parser.add_argument("--lpips-weights", default=None, help="optional LPIPS v0.1 vgg.pth linear-layer weights")
-    parser.add_argument("--perceptual-weight", type=float, default=1.0, help="λ_p of the perceptual loss")
+    parser.add_argument("--perceptual-weight", type=non_negative_float, default=1.0, help="λ_p of the perceptual loss")
     parser.add_argument("--disc-start", type=int, default=-1, help="step at which the PatchGAN loss starts "
                         "(-1: no discriminator)")
-    parser.add_argument("--disc-weight", type=float, default=0.5, help="λ_g, times the adaptive weight")
+    parser.add_argument("--disc-weight", type=non_negative_float, default=0.5, help="λ_g, times the adaptive weight")
     # codebook health and logging
-    parser.add_argument("--dead-code-threshold", type=float, default=1e-4, help="EMA hit share under which a "
+    parser.add_argument("--dead-code-threshold", type=probability, default=1e-4, help="EMA hit share under which a "
                         "code counts as dead at every scale")
-    parser.add_argument("--restart-every", type=int, default=25, help="steps between dead-code restarts (0: off)")
-    parser.add_argument("--grid-every", type=int, default=500, help="steps between reconstruction grids "
+    parser.add_argument("--restart-every", type=non_negative_int, default=25,
+                        help="steps between dead-code restarts (0: off)")
+    parser.add_argument("--grid-every", type=non_negative_int, default=500, help="steps between reconstruction grids "
                         "(0: only at the end)")
     return parser.parse_args(argv)
 
@@ -239,8 +243,8 @@ def main(argv=None):
             json.dump(metrics, file, indent=1)
         print(f"tokenizer: held-out PSNR {metrics['psnr']:.2f} dB, codebook usage per scale "
               f"{metrics['usage_per_scale']}; checkpoint {checkpoint_path}")
-    if distributed.world_size > 1:
-        torch.distributed.destroy_process_group()
+    del model, discriminator, bar, loader  # the DDP wrappers hold the process group: drop them before leaving it
+    end_distributed(distributed)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,10 @@ from tqdm import tqdm
 from minvar.checkpoint import CheckpointError, config_from_dict, load_tokenizer, save_checkpoint
 from minvar.data import DataError, build_dataset, save_image_grid
 from minvar.sampling import check_pair, generate
-from minvar.training import (EMA, RunLog, add_common_arguments, all_reduce_mean, autocast, is_due, lr_wd_at,
-                             make_loader, resolve_device, resume_from, set_lr_wd, setup_distributed, step_generator,
-                             wrap_ddp)
+from minvar.training import (EMA, RunLog, add_common_arguments, all_reduce_mean, autocast, end_distributed, is_due,
+                             lr_wd_at, make_loader, non_negative_float, non_negative_int, positive_float,
+                             positive_int, probability, resolve_device, resume_from, set_lr_wd, setup_distributed,
+                             step_generator, wrap_ddp)
 from minvar.var import VAR, VAR_PRESETS, VARConfig
 
 # Training recipes. dN are the official ImageNet ones (official README; docs/official_model.md): global batch,
@@ -56,23 +57,24 @@ def parse_args(argv=None):
                         "checkpoint, or the official vae_ch160v4096z32.pth")
     # model
     parser.add_argument("--preset", default="tiny", choices=sorted(RECIPES), help="architecture and recipe")
-    parser.add_argument("--depth", type=int, default=None, help="override the preset's depth (width 64·depth "
+    parser.add_argument("--depth", type=positive_int, default=None, help="override the preset's depth (width 64·depth "
                         "for the dN presets)")
-    parser.add_argument("--width", type=int, default=None, help="override the width (tiny preset)")
+    parser.add_argument("--width", type=positive_int, default=None, help="override the width (tiny preset)")
     # optimisation
-    parser.add_argument("--steps", type=int, default=None, help="training steps; default: the recipe's epochs "
+    parser.add_argument("--steps", type=positive_int, default=None, help="training steps; default: the recipe's epochs "
                         "over the dataset (dN) or 1300 (tiny)")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per step per process; default: "
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="images per step per process; default: "
                         "the recipe's global batch / number of processes")
-    parser.add_argument("--base-learning-rate", type=float, default=None, help="peak lr per 256 images "
+    parser.add_argument("--base-learning-rate", type=positive_float, default=None, help="peak lr per 256 images "
                         "(peak = base × global batch / 256); default: the recipe's")
-    parser.add_argument("--warmup-steps", type=int, default=None, help="default: 2%% of the steps (epochs/50)")
-    parser.add_argument("--grad-clip", type=float, default=2.0, help="global gradient-norm clip")
-    parser.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
-    parser.add_argument("--cond-drop-rate", type=float, default=0.1, help="label dropout for guidance")
-    parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0: no EMA)")
+    parser.add_argument("--warmup-steps", type=non_negative_int, default=None,
+                        help="default: 2%% of the steps (epochs/50)")
+    parser.add_argument("--grad-clip", type=non_negative_float, default=2.0, help="global gradient-norm clip")
+    parser.add_argument("--label-smoothing", type=probability, default=0.0, help="cross-entropy label smoothing")
+    parser.add_argument("--cond-drop-rate", type=probability, default=0.1, help="label dropout for guidance")
+    parser.add_argument("--ema", type=probability, default=0.0, help="EMA decay of the weights (0: no EMA)")
     # logging and sampling
-    parser.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids "
+    parser.add_argument("--sample-every", type=non_negative_int, default=1000, help="steps between sample grids "
                         "(0: only at the end)")
     parser.add_argument("--cfg", type=float, default=4.0, help="guidance of the sample grids")
     return parser.parse_args(argv)
@@ -219,8 +221,8 @@ def main(argv=None):
                             rng_state=torch.get_rng_state(), args=vars(args))
     if distributed.is_main and start_step < steps:  # a resumed, already finished run trains no step
         print(f"VAR: final loss {loss.item():.4f}; checkpoint {checkpoint_path}")
-    if distributed.world_size > 1:
-        torch.distributed.destroy_process_group()
+    del model, bar, loader  # the DDP wrappers hold the process group: drop them before leaving it
+    end_distributed(distributed)
 
 
 if __name__ == "__main__":

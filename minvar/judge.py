@@ -161,10 +161,11 @@ def evaluate_accuracy(judge: Judge, images: torch.Tensor, labels, batch_size: in
     return (probs.argmax(dim=-1) == torch.as_tensor(labels)).float().mean().item()
 
 
-def save_judge(judge: Judge, path) -> None:
-    """Save a self-describing dict: kind, config and weights (on the CPU), loadable without the training code."""
+def save_judge(judge: Judge, path, data: dict = None) -> None:
+    """Save a self-describing dict: kind, config, weights (on the CPU) and `data`, a description of the images it
+    was trained on (evaluate.py's fingerprint), loadable without the training code."""
     state = {name: tensor.cpu() for name, tensor in judge.state_dict().items()}
-    torch.save({"kind": JUDGE_KIND, "config": asdict(judge.config), "model": state}, path)
+    torch.save({"kind": JUDGE_KIND, "config": asdict(judge.config), "model": state, "data": data}, path)
 
 
 def load_judge(path) -> Judge:
@@ -176,4 +177,5 @@ def load_judge(path) -> Judge:
                          f"pass a file written by minvar.judge.save_judge")
     judge = Judge(JudgeConfig(**checkpoint["config"]))
     judge.load_state_dict(checkpoint["model"])
+    judge.trained_on = checkpoint.get("data")  # None for a judge saved before the data was recorded
     return judge.eval()

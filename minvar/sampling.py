@@ -213,5 +213,5 @@ def check_pair(var, vae) -> None:
                          f"{quantizer.vocab_size}×{quantizer.code_dim}: use the tokenizer the VAR was trained with")
     if tuple(var.patch_nums) != tuple(quantizer.patch_nums):
         raise ValueError(f"VAR scale schedule {var.patch_nums} differs from the VQVAE's {quantizer.patch_nums}; "
-                         f"build the VQVAE with patch_nums={var.patch_nums} (e.g. VQVAE.from_official(path, "
+                         f"build the VQVAE with patch_nums={var.patch_nums} (e.g. load_official_vqvae(path, "
                          f"patch_nums=...)) for the 512px model")

@@ -17,8 +17,10 @@ Shape legend: B local batch, G global batch (B × world size), N dataset size.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
+import gc
 import math
 import os
 import time
@@ -31,6 +33,43 @@ import torch.distributed as dist
 
 # ------------------------------------------------------------------------------------------------------------------
 # command line
+# argparse `type=` validators for counts, sizes and probabilities: a bad value ends the script at parse time with
+# "argument --per-class: must be a positive integer, got -3" instead of a traceback deep inside the run.
+def _number(text: str, kind, accept, wanted: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
+    if not accept(value):
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A count or size of at least 1 (steps, batch size, image size, samples per class)."""
+    return _number(text, int, lambda v: v >= 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """A count where 0 means "none" or "only at the end" (workers, warmup steps, --log-every, top-k)."""
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def probability(text: str) -> float:
+    """A probability, share or decay in [0, 1] (dropout rate, top-p mass, label smoothing, EMA decay)."""
+    return _number(text, float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+
+
+def positive_float(text: str) -> float:
+    """A strictly positive size, such as a learning rate."""
+    return _number(text, float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+
+
+def non_negative_float(text: str) -> float:
+    """A loss weight or a clipping norm, where 0 switches the term off."""
+    return _number(text, float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0")
+
+
 def add_common_arguments(parser, out_dir: str, image_size, image_size_help: str) -> None:
     """The flags both training scripts share (run folder, resume, seed, device, precision, data, logging)."""
     parser.add_argument("--out-dir", default=out_dir, help="run folder: log.txt, checkpoint.pt, image grids")
@@ -40,12 +79,14 @@ def add_common_arguments(parser, out_dir: str, image_size, image_size_help: str)
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA or CPU)")
     parser.add_argument("--data-path", default=None, help="image folder (one sub-folder per class); "
                         "absent: the built-in shapes dataset")
-    parser.add_argument("--image-size", type=int, default=image_size, help=image_size_help)
-    parser.add_argument("--num-images", type=int, default=20_000, help="size of the built-in dataset")
+    parser.add_argument("--image-size", type=positive_int, default=image_size, help=image_size_help)
+    parser.add_argument("--num-images", type=positive_int, default=20_000, help="size of the built-in dataset")
     parser.add_argument("--hflip", action="store_true", help="random horizontal flips")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--log-every", type=int, default=50, help="steps between log.txt lines (0: only at the end)")
-    parser.add_argument("--save-every", type=int, default=500, help="steps between checkpoints (0: only at the end)")
+    parser.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--log-every", type=non_negative_int, default=50,
+                        help="steps between log.txt lines (0: only at the end)")
+    parser.add_argument("--save-every", type=non_negative_int, default=500,
+                        help="steps between checkpoints (0: only at the end)")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -77,6 +118,24 @@ def setup_distributed(device: str) -> Distributed:
     if device.startswith("cuda"):
         torch.cuda.set_device(info.local_rank)
     return info
+
+
+def end_distributed(distributed: Distributed) -> None:
+    """Leave the process group so that every process exits cleanly; call it after dropping the DDP wrappers.
+
+    The order matters. `destroy_process_group` only unregisters the group: a DistributedDataParallel wrapper still
+    holds it (for its gradient reducer), so while a wrapper lives, the gloo/NCCL backend and its worker threads
+    survive until the interpreter shuts down, and are then destroyed while Python is half torn down, which can
+    abort the process ("terminate called without an active exception", SIGABRT; seen on rank 1 of a 2-process
+    CPU run). So the scripts `del` their wrappers and loaders first; here the barrier makes every process wait for
+    rank 0's final grid and checkpoint, a garbage collection frees what the wrappers left in reference cycles, and
+    only then is the group destroyed, while the interpreter is fully alive.
+    """
+    if distributed.world_size <= 1:
+        return
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def resolve_device(name: str, distributed: Distributed) -> torch.device:

@@ -301,13 +301,6 @@ class VAR(nn.Module):
             raise ValueError(f"unknown VAR preset {name!r}; choose one of {sorted(VAR_PRESETS)}")
         return cls(VARConfig(**{**asdict(VAR_PRESETS[name]), **overrides}))
 
-    @classmethod
-    def from_official(cls, path_or_state_dict, vae=None) -> "VAR":
-        """Load a released `var_dN.pth` (or a state dict of that layout); depth, width, heads, shared AdaLN and
-        the scale schedule are read from the weights. With `vae`, check that the two fit together."""
-        from minvar.checkpoint import load_official_var
-        return load_official_var(path_or_state_dict, vae=vae)
-
     # ----------------------------------------------------------------------------------------------------------------
     @staticmethod
     def check_labels(label_B: torch.Tensor, num_classes: int) -> None:

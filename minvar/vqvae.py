@@ -259,13 +259,6 @@ class VQVAE(nn.Module):
             raise ValueError(f"unknown VQVAE preset {name!r}; choose one of {sorted(VQVAE_PRESETS)}")
         return cls(VQVAEConfig(**{**asdict(VQVAE_PRESETS[name]), **overrides}))
 
-    @classmethod
-    def from_official(cls, path_or_state_dict, patch_nums: Sequence[int] = None) -> "VQVAE":
-        """Load the released `vae_ch160v4096z32.pth` (or any state dict of that layout); the architecture is
-        read from the weights. Pass the 512px `patch_nums` to use it with VAR-d36."""
-        from minvar.checkpoint import load_official_vqvae
-        return load_official_vqvae(path_or_state_dict, patch_nums=patch_nums)
-
     # ----------------------------------------------------------------------------------------------------------------
     def encode_latent(self, img_B3HW: torch.Tensor) -> torch.Tensor:
         """Image -> continuous latent f = quant_conv(encoder(img)): (B, 3, H, W) -> (B, Cvae, h, w)."""

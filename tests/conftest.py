@@ -1,20 +1,31 @@
-"""Shared test fixtures: the official tiny models from ../shared, and tiny random minvar models."""
+"""Shared test fixtures: the official tiny models and their parity data, and tiny random minvar models.
+
+The parity data is what the official code computed with small official-layout weights. Two copies exist: the full
+one beside the checkout (../shared/fixtures/official_var_tiny, or $MINVAR_SHARED/fixtures/official_var_tiny), used
+when present, and the compact one committed in tests/fixtures/official_var_tiny_compact (exact float32 slices of the
+full one, see tests/fixtures/make_compact_fixture.py), used otherwise, so a fresh clone runs every parity test.
+"""
+import functools
 import os
 import pathlib
 
 import pytest
 import torch
 
+from fixtures.make_compact_fixture import COMPACT, rebuild_official_weights, select  # noqa: F401 (select: re-export)
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("MINVAR_SHARED", REPO.parent / "shared"))
-FIXTURES = SHARED / "fixtures" / "official_var_tiny"
-OFFICIAL_KEYS = SHARED / "reference" / "official_keys"
+FULL_FIXTURES = SHARED / "fixtures" / "official_var_tiny"
+USING_FULL_DATA = FULL_FIXTURES.is_dir()
+FIXTURES = FULL_FIXTURES if USING_FULL_DATA else COMPACT
+OFFICIAL_KEYS = SHARED / "reference" / "official_keys" if USING_FULL_DATA else COMPACT / "official_keys"
 
 
 def require(path: pathlib.Path) -> pathlib.Path:
-    """Skip (loudly, with the reason) when the shared reference data is not beside the checkout."""
+    """Skip (loudly, with the reason) when a data file is missing from the copy in use."""
     if not path.exists():
-        pytest.skip(f"{path} not found: the parity data lives in ../shared (or set MINVAR_SHARED)")
+        pytest.skip(f"{path} not found: neither ../shared (or $MINVAR_SHARED) nor the compact copy has it")
     return path
 
 
@@ -37,12 +48,35 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+@functools.lru_cache(maxsize=None)
+def official_state_dicts():
+    """(vae_state_dict, var_state_dict) in the official layout: read from the full data, or rebuilt from the compact."""
+    if USING_FULL_DATA:
+        return tuple(torch.load(FIXTURES / f"{name}_state_dict.pt", map_location="cpu", weights_only=True)
+                     for name in ("vae", "var"))
+    return rebuild_official_weights(COMPACT)
+
+
+@pytest.fixture(scope="session")
+def official_weight_files(tmp_path_factory):
+    """{"vae": path, "var": path}: the official-layout weight files (written to a temporary folder if compact)."""
+    if USING_FULL_DATA:
+        return {name: FIXTURES / f"{name}_state_dict.pt" for name in ("vae", "var")}
+    folder = tmp_path_factory.mktemp("official_var_tiny_weights")
+    paths = {}
+    for name, state in zip(("vae", "var"), official_state_dicts()):
+        paths[name] = folder / f"{name}_state_dict.pt"
+        torch.save(state, paths[name])
+    return paths
+
+
 @pytest.fixture(scope="session")
 def official_tiny():
     """(vae, var) of the official tiny fixture, loaded through minvar's official-checkpoint path."""
-    from minvar import VAR, VQVAE
-    vae = VQVAE.from_official(require(FIXTURES / "vae_state_dict.pt"))
-    var = VAR.from_official(require(FIXTURES / "var_state_dict.pt"), vae=vae)
+    from minvar import load_official_var, load_official_vqvae
+    vae_state, var_state = official_state_dicts()
+    vae = load_official_vqvae(vae_state)
+    var = load_official_var(var_state, vae=vae)
     return vae, var
 
 

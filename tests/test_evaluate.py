@@ -29,10 +29,15 @@ def write_samples(path, images, labels) -> None:
 
 
 @pytest.fixture(scope="module")
-def report_pair(tmp_path_factory):
+def evaluate_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("evaluate")
+
+
+@pytest.fixture(scope="module")
+def report_pair(evaluate_folder):
     """Two evaluations of the same 90 real images (another seed than evaluate's reference sets): once with their
     true labels, once with every label shifted by one class. The second run reuses the judge file of the first."""
-    folder = tmp_path_factory.mktemp("evaluate")
+    folder = evaluate_folder
     dataset = ShapesDataset(90, seed=123)
     images = torch.stack([dataset[i][0] for i in range(len(dataset))])  # (90, 3, 32, 32) in [-1, 1]
     labels = np.array([dataset[i][1] for i in range(len(dataset))])
@@ -78,3 +83,39 @@ def test_missing_samples_file_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit) as error:
         evaluate.main(["--samples", str(tmp_path / "nothing.npz")])
     assert "not found" in str(error.value) and "sample.py" in str(error.value)
+
+
+def test_judge_trained_on_other_data_is_retrained(report_pair, evaluate_folder, tmp_path, capsys):
+    """A judge file records the data it was trained on: evaluating with other data (here the built-in dataset with
+    another seed) says so and trains a new judge, which records the new data; the next run with that data reuses it."""
+    import shutil
+    from minvar.judge import load_judge
+    judge = tmp_path / "judge.pt"
+    shutil.copyfile(evaluate_folder / "judge.pt", judge)  # the judge report_pair trained (seed 0)
+    first = load_judge(judge).trained_on
+    assert first["dataset"] == "built-in shapes" and first["seed"] == 0
+    samples = tmp_path / "samples.npz"
+    dataset = ShapesDataset(30, seed=5)
+    write_samples(samples, torch.stack([dataset[i][0] for i in range(30)]), [dataset[i][1] for i in range(30)])
+    common = ["--samples", str(samples), "--judge", str(judge), "--judge-steps", "5", "--num-real", "30",
+              "--tokenizer", "none", "--out", str(tmp_path / "report.json")]
+    evaluate.main([*common, "--seed", "1"])
+    assert "trained on other data" in capsys.readouterr().out
+    assert load_judge(judge).trained_on == {**first, "seed": 1}
+    retrained = judge.stat().st_mtime_ns
+    evaluate.main([*common, "--seed", "1"])
+    assert "trained on other data" not in capsys.readouterr().out and judge.stat().st_mtime_ns == retrained
+
+
+def test_folder_fingerprint_changes_with_the_listing(tmp_path):
+    """A folder's fingerprint changes when an image is added, and not when nothing changed."""
+    from PIL import Image
+    from minvar.data import ImageFolderDataset
+    for name in ("a", "b"):
+        (tmp_path / "cls").mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "cls" / f"{name}.png")
+    before = evaluate.data_fingerprint(str(tmp_path), ImageFolderDataset(tmp_path, 8), 8)
+    assert before == evaluate.data_fingerprint(str(tmp_path), ImageFolderDataset(tmp_path, 8), 8)
+    Image.new("RGB", (8, 8), (200, 20, 30)).save(tmp_path / "cls" / "c.png")
+    after = evaluate.data_fingerprint(str(tmp_path), ImageFolderDataset(tmp_path, 8), 8)
+    assert after["files"] == 3 and after["listing_sha256"] != before["listing_sha256"]

@@ -1,7 +1,8 @@
 """Every released checkpoint layout loads strictly, and bad checkpoints fail with a message that names the problem.
 
-The layouts come from ../shared/reference/official_keys (every key, shape and dtype of the released files). The
-big models are built on the meta device, so no memory is spent on 2B parameters.
+The layouts come from the official_keys lists (../shared/reference, or their copy in tests/fixtures): every key,
+shape and dtype of the released files. The big models are built on the meta device, so no memory is spent on 2B
+parameters.
 """
 import pathlib
 import re
@@ -9,9 +10,9 @@ import re
 import pytest
 import torch
 
-from conftest import FIXTURES, OFFICIAL_KEYS, require
-from minvar import VAR, VQVAE, CheckpointError
-from minvar.checkpoint import infer_var_config, infer_vqvae_config, strict_load
+from conftest import OFFICIAL_KEYS, official_state_dicts, require
+from minvar import VAR, VQVAE, CheckpointError, load_official_var, load_official_vqvae
+from minvar.official import infer_var_config, infer_vqvae_config, strict_load
 from minvar.var import SCHEDULE_256, SCHEDULE_512
 
 # parameter counts measured on the official classes (docs/official_model.md): an independent check of the architecture
@@ -72,37 +73,37 @@ def test_vae_layout_loads_strictly():
     strict_load(vae, state, "VQVAE")
 
 
-def test_vae_file_given_as_var_file_is_named():
+def test_vae_file_given_as_var_file_is_named(official_weight_files):
     """Loading the tokenizer file as a transformer says so and says what to do."""
-    with pytest.raises(CheckpointError, match="VQVAE.from_official"):
-        VAR.from_official(require(FIXTURES / "var_state_dict.pt").parent / "vae_state_dict.pt")
-    with pytest.raises(CheckpointError, match="VAR.from_official"):
-        VQVAE.from_official(require(FIXTURES / "var_state_dict.pt"))
+    with pytest.raises(CheckpointError, match="load_official_vqvae"):
+        load_official_var(official_weight_files["vae"])
+    with pytest.raises(CheckpointError, match="load_official_var"):
+        load_official_vqvae(official_weight_files["var"])
 
 
 def test_missing_unexpected_and_misshaped_keys_are_reported():
     """A missing key, a stray key and a wrong shape each produce a message naming the key."""
-    state = torch.load(require(FIXTURES / "var_state_dict.pt"), weights_only=True)
+    state = official_state_dicts()[1]
     broken = dict(state)
     del broken["head.bias"]
     with pytest.raises(CheckpointError, match=r"missing key\(s\) \['head.bias'\]"):
-        VAR.from_official(broken)
+        load_official_var(broken)
     broken = dict(state, **{"extra.weight": torch.zeros(1)})
     with pytest.raises(CheckpointError, match="unexpected key.*extra.weight"):
-        VAR.from_official(broken)
+        load_official_var(broken)
     broken = dict(state, **{"blocks.1.ffn.fc2.bias": torch.zeros(7)})
     with pytest.raises(CheckpointError, match=r"blocks.1.ffn.fc2.bias.*\(7,\).*\(128,\)"):
-        VAR.from_official(broken)
+        load_official_var(broken)
 
 
-def test_unreadable_and_code_carrying_files_are_refused(tmp_path):
+def test_unreadable_and_code_carrying_files_are_refused(tmp_path, official_weight_files):
     """A truncated file, a missing file and a pickle that would run code all give a CheckpointError."""
     with pytest.raises(CheckpointError, match="does not exist"):
-        VAR.from_official(tmp_path / "nope.pth")
+        load_official_var(tmp_path / "nope.pth")
     truncated = tmp_path / "truncated.pth"
-    truncated.write_bytes(require(FIXTURES / "var_state_dict.pt").read_bytes()[:1000])
+    truncated.write_bytes(official_weight_files["var"].read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="cannot read"):
-        VAR.from_official(truncated)
+        load_official_var(truncated)
 
     class Evil:
         def __reduce__(self):
@@ -111,7 +112,7 @@ def test_unreadable_and_code_carrying_files_are_refused(tmp_path):
     evil = tmp_path / "evil.pth"
     torch.save({"x": Evil()}, evil)
     with pytest.raises(CheckpointError):
-        VAR.from_official(evil)
+        load_official_var(evil)
     assert not (tmp_path / "pwned").exists()  # weights_only=True: the file never ran code
 
 
@@ -120,4 +121,4 @@ def test_vae_and_var_that_do_not_fit_are_refused(official_tiny):
     vae, _ = official_tiny
     other = VAR.from_preset("tiny")
     with pytest.raises(ValueError, match="codebook"):
-        VAR.from_official(other.state_dict(), vae=vae)
+        load_official_var(other.state_dict(), vae=vae)

@@ -4,19 +4,19 @@ import re
 
 import torch
 
-from conftest import FIXTURES, REPO, require
+from conftest import REPO
 
 
 def readme() -> str:
     return (REPO / "README.md").read_text()
 
 
-def test_api_snippet_runs_on_official_layout_weights():
+def test_api_snippet_runs_on_official_layout_weights(official_weight_files):
     """The snippet, with the released file names swapped for the fixture's official-layout weights, runs and
     gives the shapes and ranges its comments promise."""
     code = re.search(r"```python\n(.*?)```", readme(), re.S).group(1)
-    code = code.replace('"vae_ch160v4096z32.pth"', repr(str(require(FIXTURES / "vae_state_dict.pt"))))
-    code = code.replace('"var_d16.pth"', repr(str(FIXTURES / "var_state_dict.pt")))
+    code = code.replace('"vae_ch160v4096z32.pth"', repr(str(official_weight_files["vae"])))
+    code = code.replace('"var_d16.pth"', repr(str(official_weight_files["var"])))
     scope = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert [t.shape for t in scope["idx"]] == [(2, pn * pn) for pn in (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)]

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURE = Path(os.environ.get("MINVAR_SHARED", REPO.parent / "shared")) / "fixtures" / "official_var_tiny"
+from conftest import FIXTURES, REPO, USING_FULL_DATA
+
 pytestmark = pytest.mark.slow  # each test runs a tutorial in a subprocess
 
 
@@ -106,25 +106,34 @@ def test_05_scaling_laws_shows_loss_falling_with_model_size(out_dir):
     assert math.isfinite(report["fit_params"]["r2"])
 
 
-def test_06_official_checkpoints_explains_and_loads_the_official_layout(out_dir):
-    """Without the released files, 06 prints where to get them and, with ../shared's fixture, reproduces the
-    official code's samples token for token through the same from_official loading path."""
+@pytest.fixture(scope="module")
+def fixture_dir(official_weight_files, tmp_path_factory):
+    """The parity data as tutorial 06 reads it: the full copy, or the compact one with its weights rebuilt."""
+    if USING_FULL_DATA:
+        return FIXTURES
+    folder = tmp_path_factory.mktemp("official_var_tiny_rebuilt")
+    for name in ("config.json", "var_samples.pt"):
+        (folder / name).write_bytes((FIXTURES / name).read_bytes())
+    for name, path in official_weight_files.items():
+        (folder / f"{name}_state_dict.pt").write_bytes(path.read_bytes())
+    return folder
+
+
+def test_06_official_checkpoints_explains_and_loads_the_official_layout(out_dir, fixture_dir):
+    """Without the released files, 06 prints where to get them and, with the fixture, reproduces the official
+    code's samples token for token through the same official-checkpoint loading path."""
     missing = out_dir / "no_checkpoints"
     stdout = run_tutorial("06_official_checkpoints.py", out_dir, "--vae", str(missing / "vae.pth"),
-                          "--var", str(missing / "var.pth"))
+                          "--var", str(missing / "var.pth"), "--fixture-dir", str(fixture_dir))
     assert "huggingface.co/FoundationVision/var" in stdout
-    if not FIXTURE.is_dir():
-        pytest.skip(f"{FIXTURE} not found: the official-layout part of tutorial 06 was not exercised")
     assert_png_files(out_dir, ["06_official_layout_samples.png"])
     assert stdout.count("tokens identical to the official run: True") == 2
 
 
-def test_06_official_checkpoints_samples_when_the_files_are_there(out_dir):
+def test_06_official_checkpoints_samples_when_the_files_are_there(out_dir, official_weight_files):
     """With files at --vae/--var (here the fixture's official-layout weights stand in for the released ones), 06
-    loads them through from_official, samples, and writes its figure."""
-    if not FIXTURE.is_dir():
-        pytest.skip(f"{FIXTURE} not found: no official-layout weights to stand in for the released files")
-    stdout = run_tutorial("06_official_checkpoints.py", out_dir, "--vae", str(FIXTURE / "vae_state_dict.pt"),
-                          "--var", str(FIXTURE / "var_state_dict.pt"))
+    loads them through the official-checkpoint path, samples, and writes its figure."""
+    stdout = run_tutorial("06_official_checkpoints.py", out_dir, "--vae", str(official_weight_files["vae"]),
+                          "--var", str(official_weight_files["var"]))
     assert_png_files(out_dir, ["06_official_samples.png"])
     assert "4,612,867 parameters" in stdout and "1,375,620 parameters" in stdout
