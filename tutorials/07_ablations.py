@@ -51,8 +51,8 @@ from tqdm import tqdm
 import common  # flags, threads, figures (tutorials/common.py)
 import matplotlib.pyplot as plt
 
-from minvar.ar import AR, ARConfig, generate_ar, sample_tokens, save_ar
-from minvar.checkpoint import load_tokenizer, save_checkpoint, strict_load
+from minvar.ar import AR, ARConfig, generate_ar, load_ar, sample_tokens, save_ar
+from minvar.checkpoint import load_tokenizer, load_var, read_file, save_checkpoint, strict_load
 from minvar.data import build_dataset, save_image_grid
 from minvar.flops import count_flops
 from minvar.judge import evaluate_accuracy, judge_predict, train_judge
@@ -262,8 +262,25 @@ for name in configs:
     print(f"{name:<10} {params[name]:>11,} {flops_per_step[name]:>11.3g} {steps[name]:>6}")
 
 
+def reuse(name, path):
+    """A model this tutorial trained before with the same config and steps (to re-run sampling and metrics only)."""
+    if not os.path.isfile(path):
+        return None
+    data = read_file(path)
+    if data.get("config") != asdict(build(name).config) or data.get("step") != steps[name]:
+        return None
+    model = load_ar(data) if name == "ar" else load_var(data)
+    print(f"{name}: reusing {path} ({steps[name]} steps, trained in {data.get('train_seconds', float('nan')):.0f} s)")
+    return model, dict(steps=steps[name], seconds=data.get("train_seconds", float("nan")),
+                       final_loss=data.get("final_loss", float("nan")))
+
+
 def train(name):
     """AdamW with train_var.py's settings (betas 0.9/0.95, wd 0.05, lin0 schedule, clip 2, label dropout 0.1)."""
+    path = os.path.join(work_dir, f"{name}.pt")
+    reused = reuse(name, path)
+    if reused is not None:
+        return reused
     model = build(name).train()
     optimizer = torch.optim.AdamW(model.parameter_groups(0.05), lr=args.learning_rate, betas=(0.9, 0.95))
     order_generator = torch.Generator().manual_seed(args.seed)  # the same image order for every model
@@ -283,12 +300,12 @@ def train(name):
         losses.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.3f}")
     seconds = time.time() - run_started
-    path = os.path.join(work_dir, f"{name}.pt")
-    if name == "ar":
-        save_ar(path, model, total, class_names)
-    else:
-        save_checkpoint(path, "minvar-var", model, model.config, total, class_names)
     final = float(np.mean(losses[-max(1, total // 20):]))  # mean of the last 5% of the steps
+    if name == "ar":
+        save_ar(path, model, total, class_names, train_seconds=seconds, final_loss=final)
+    else:
+        save_checkpoint(path, "minvar-var", model, model.config, total, class_names, train_seconds=seconds,
+                        final_loss=final)
     print(f"{name}: {total} steps in {seconds:.0f} s, final training loss {final:.3f} nats per token -> {path}")
     return model.eval(), dict(steps=total, seconds=seconds, final_loss=final)
 
@@ -303,6 +320,10 @@ common.section("4. Sampling cost: wall time per image at a fixed batch, and coun
 # The AR model needs one transformer call per token (n² = 64 here), with a KV cache; VAR one per scale (6 here).
 # Both include the tokenizer's decoder, as a user waiting for an image would. The rows are timed in turns (row 1,
 # 2, ..., 7, then again), so that the load of a shared machine falls on all of them alike; the median is kept.
+# Row 1 is also timed WITHOUT its KV cache (every step recomputes the whole prefix): that is the model behind the
+# paper's O(n⁶) count (§3.1), and the same tokens (tests/test_ar.py).
+UNCACHED = ("1, no KV cache", "AR without KV cache", "ar", dict(top_k=0, cfg=0.0, use_cache=False))
+TIMED = ROWS + [UNCACHED]
 
 
 def sample(row_settings, model_name, labels, seed):
@@ -312,9 +333,9 @@ def sample(row_settings, model_name, labels, seed):
 
 
 timing_labels = [i % num_classes for i in range(args.timing_batch)]
-times = {row: [] for row, *_ in ROWS}
+times = {row: [] for row, *_ in TIMED}
 for repeat in range(args.timing_repeats + 1):  # the first round warms up (allocations, lazy init) and is dropped
-    for row, _, model_name, settings in ROWS:
+    for row, _, model_name, settings in TIMED:
         begin = time.perf_counter()
         sample(settings, model_name, timing_labels, seed=repeat)
         if repeat > 0:
@@ -331,12 +352,12 @@ def sample_tokens_only(settings, model_name):
 
 
 # Counted FLOPs of the transformer alone: the decoder (the same size for both tokenizers) is counted once, apart.
-flops_per_image = {row: count_flops(sample_tokens_only, settings, model_name) for row, _, model_name, settings in ROWS}
+flops_per_image = {row: count_flops(sample_tokens_only, settings, model_name) for row, _, model_name, settings in TIMED}
 decoder_flops = count_flops(vae_multi.fhat_to_img, torch.zeros(1, code_dim, side, side))
 print(f"the tokenizer's decoder adds {decoder_flops:.3g} FLOPs per image to every row (in the wall time, not below)")
-for row, description, *_ in ROWS:
+for row, description, *_ in TIMED:
     spread = f"{min(times[row]) * 1e3:.1f}-{max(times[row]) * 1e3:.1f}"
-    print(f"row {row} {description:<30} {seconds_per_image[row] * 1e3:7.2f} ms per image (range {spread}), "
+    print(f"row {row:<14} {description:<30} {seconds_per_image[row] * 1e3:7.2f} ms per image (range {spread}), "
           f"{flops_per_image[row]:.3g} transformer FLOPs per image")
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -364,6 +385,8 @@ for row, description, model_name, settings in ROWS:
     results.append(dict(
         row=row, description=description, model=model_name, params=params[model_name],
         seconds_per_image=seconds_per_image[row], relative_cost=seconds_per_image[row] / seconds_per_image[1],
+        relative_cost_vs_uncached_ar=seconds_per_image[row] / seconds_per_image[UNCACHED[0]],
+        relative_flops_vs_uncached_ar=flops_per_image[row] / flops_per_image[UNCACHED[0]],
         flops_per_image=flops_per_image[row], relative_flops=flops_per_image[row] / flops_per_image[1],
         frechet_distance=frechet_distance_from_features(features_real_a, features),
         judge_accuracy=(probs.argmax(-1) == torch.tensor(sample_labels)).float().mean().item(),
@@ -380,17 +403,24 @@ for result in results:
 # ------------------------------------------------------------------------------------------------------------------
 common.section("6. The table, beside the paper's")
 # ------------------------------------------------------------------------------------------------------------------
-print(f"{'row':<4}{'description':<30}{'params':>10}{'ms/img':>8}{'cost':>7}{'FLOPs':>7}{'FD':>8}{'ΔFD':>8}"
+# cost: wall time relative to row 1 (AR with its KV cache); no-KV: relative to AR without the cache; FLOPs: counted
+# transformer FLOPs relative to row 1; FD: Fréchet distance to real images in judge features (lower is better);
+# ΔFD: minus row 1's; P / R: k=3 precision / recall; judge: share of samples recognised as their class.
+print(f"{'row':<4}{'description':<30}{'params':>10}{'ms/img':>8}{'cost':>7}{'no-KV':>7}{'FLOPs':>7}{'FD':>8}{'ΔFD':>8}"
       f"{'P':>6}{'R':>6}{'judge':>7} | {'paper':>6}{'cost':>7}{'FID':>7}")
 for r in results:
     print(f"{r['row']:<4}{r['description']:<30}{r['params']:>10,}{r['seconds_per_image'] * 1e3:>8.2f}"
-          f"{r['relative_cost']:>7.3f}{r['relative_flops']:>7.3f}{r['frechet_distance']:>8.1f}"
+          f"{r['relative_cost']:>7.3f}{r['relative_cost_vs_uncached_ar']:>7.3f}{r['relative_flops']:>7.3f}"
+          f"{r['frechet_distance']:>8.1f}"
           f"{r['delta_frechet_to_row_1']:>+8.1f}{r['precision']:>6.2f}{r['recall']:>6.2f}{r['judge_accuracy']:>7.3f}"
           f" | {r['paper_params']:>6}{r['paper_relative_cost']:>7.3f}{r['paper_fid']:>7.2f}")
 ar_row, var_rows = results[0], results[1:]
 speedup = ar_row["seconds_per_image"] / results[5]["seconds_per_image"]
 print(f"AR-to-VAR sampling speed-up at about equal parameters (row 1 / row 2 time): "
-      f"{ar_row['seconds_per_image'] / results[1]['seconds_per_image']:.1f}×; row 1 / row 6: {speedup:.1f}×")
+      f"{ar_row['seconds_per_image'] / results[1]['seconds_per_image']:.1f}× with the KV cache, "
+      f"{1 / results[1]['relative_cost_vs_uncached_ar']:.1f}× against AR without it "
+      f"(FLOPs: {1 / results[1]['relative_flops']:.2f}× and {1 / results[1]['relative_flops_vs_uncached_ar']:.1f}×); "
+      f"row 1 / row 6: {speedup:.1f}×")
 print(f"VAR (row 2) {'beats' if results[1]['frechet_distance'] < ar_row['frechet_distance'] else 'does NOT beat'} "
       f"AR (row 1) in Fréchet distance: {results[1]['frechet_distance']:.1f} vs {ar_row['frechet_distance']:.1f}; "
       f"rows 2-7 below row 1: {sum(r['frechet_distance'] < ar_row['frechet_distance'] for r in var_rows)} of 6")
@@ -406,20 +436,20 @@ axes[0].invert_yaxis()
 axes[0].set_xlabel("Fréchet distance, judge features (blue, bottom axis)")
 twin.set_xlabel("paper FID (orange, top axis)")
 axes[1].barh(y - 0.2, [r["relative_cost"] for r in results], 0.4, label="measured: wall time")
-axes[1].barh(y, [r["relative_flops"] for r in results], 0.2, label="measured: FLOPs")
-axes[1].barh(y + 0.2, [r["paper_relative_cost"] for r in results], 0.4, label="paper")
+axes[1].barh(y, [r["relative_flops"] for r in results], 0.2, color="tab:gray", label="measured: FLOPs")
+axes[1].barh(y + 0.2, [r["paper_relative_cost"] for r in results], 0.4, color="tab:orange", label="paper")
 axes[1].set_xscale("log")
 axes[1].set_yticks(y, [])
 axes[1].invert_yaxis()
 axes[1].set_xlabel("sampling cost relative to row 1 (log)")
-axes[1].legend(fontsize=8)
+axes[1].legend(fontsize=8, loc="lower right")
 axes[2].barh(y, [r["judge_accuracy"] for r in results], 0.5)
 axes[2].set_yticks(y, [])
 axes[2].invert_yaxis()
 axes[2].set_xlim(0, 1)
 axes[2].set_xlabel("share of samples the judge assigns to their class")
 figure.suptitle(f"VAR's ablation table on {args.image_size}px {'shapes' if not args.data_path else 'images'}: "
-                f"{count} training images, equal training FLOPs per model")
+                f"{count} training images, equal training FLOPs per model", y=1.08)
 common.save_figure(figure, args.out_dir, "07_ablations.png")
 save_image_grid(torch.cat(grids), os.path.join(args.out_dir, "07_ablation_samples.png"), nrow=len(grids[0]))
 print(f"[figure] {os.path.join(args.out_dir, '07_ablation_samples.png')} (one line per row, one sample per class)")
@@ -427,6 +457,8 @@ print(f"[figure] {os.path.join(args.out_dir, '07_ablation_samples.png')} (one li
 report = dict(rows=results, real_vs_real_frechet_distance=floor, tokenizer_psnr=tokenizer_psnr,
               tokenizer_seconds=tokenizer_seconds, training_flops_per_model=budget, top_k=top_k,
               decoder_flops_per_image=decoder_flops,
+              ar_without_kv_cache=dict(seconds_per_image=seconds_per_image[UNCACHED[0]],
+                                       flops_per_image=flops_per_image[UNCACHED[0]]),
               elapsed_seconds=time.time() - started, threads=torch.get_num_threads(),
               cpu=platform.processor() or platform.machine(), settings={k: v for k, v in vars(args).items()})
 with open(os.path.join(args.out_dir, "07_ablations.json"), "w") as file:
