@@ -99,6 +99,9 @@ def extra_flags(parser):
     parser.add_argument("--top-k", type=int, default=0, help="top-k of rows 4-7; 0: the paper's 600 of 4096 codes "
                         "scaled to this codebook")
     parser.add_argument("--cfg", type=float, default=2.0, help="guidance of rows 5-7 (the paper's 2.0)")
+    parser.add_argument("--ar-tokenizer", choices=["trained", "derived"], default="trained", help="the AR model's "
+                        "tokenizer: its own one-scale one, or the multi-scale one quantizing only its last scale (the "
+                        "same encoder, decoder and codebook as VAR's: a comparison of the two orders alone)")
 
 
 args = common.parse_args(__doc__.split("\n")[0], extra_flags)
@@ -150,6 +153,9 @@ weights = dict(vae_multi.state_dict())
 weights["quantize.ema_vocab_hit_SV"] = vae_derived.quantize.ema_vocab_hit_SV  # usage statistics: one row per scale
 strict_load(vae_derived, weights, "derived one-scale VQVAE")
 vae_derived.eval()
+if args.ar_tokenizer == "derived":
+    vae_one = vae_derived
+suffix = "" if args.ar_tokenizer == "trained" else "_derived_ar_tokenizer"  # output names of this variant
 
 held_out_set = build_dataset(args.data_path, args.image_size, train=False, num_images=2 * args.num_real,
                              seed=args.seed)
@@ -277,7 +283,7 @@ def reuse(name, path):
 
 def train(name):
     """AdamW with train_var.py's settings (betas 0.9/0.95, wd 0.05, lin0 schedule, clip 2, label dropout 0.1)."""
-    path = os.path.join(work_dir, f"{name}.pt")
+    path = os.path.join(work_dir, f"{name}{suffix if name == 'ar' else ''}.pt")
     reused = reuse(name, path)
     if reused is not None:
         return reused
@@ -459,9 +465,10 @@ axes[2].set_xlim(0, 1)
 axes[2].set_xlabel("share of samples the judge assigns to their class")
 figure.suptitle(f"VAR's ablation table on {args.image_size}px {'shapes' if not args.data_path else 'images'}: "
                 f"{count} training images, equal training FLOPs per model", y=1.08)
-common.save_figure(figure, args.out_dir, "07_ablations.png")
-save_image_grid(torch.cat(grids), os.path.join(args.out_dir, "07_ablation_samples.png"), nrow=len(grids[0]))
-print(f"[figure] {os.path.join(args.out_dir, '07_ablation_samples.png')} (one line per row, one sample per class)")
+common.save_figure(figure, args.out_dir, f"07_ablations{suffix}.png")
+save_image_grid(torch.cat(grids), os.path.join(args.out_dir, f"07_ablation_samples{suffix}.png"), nrow=len(grids[0]))
+print(f"[figure] {os.path.join(args.out_dir, f'07_ablation_samples{suffix}.png')} (one line per row, one sample per "
+      f"class)")
 
 report = dict(rows=results, real_vs_real_frechet_distance=floor, tokenizer_psnr=tokenizer_psnr,
               tokenizer_seconds=tokenizer_seconds, training_flops_per_model=budget, top_k=top_k,
@@ -470,6 +477,6 @@ report = dict(rows=results, real_vs_real_frechet_distance=floor, tokenizer_psnr=
                                        flops_per_image=flops_per_image[UNCACHED[0]]),
               elapsed_seconds=time.time() - started, threads=torch.get_num_threads(),
               cpu=platform.processor() or platform.machine(), settings={k: v for k, v in vars(args).items()})
-with open(os.path.join(args.out_dir, "07_ablations.json"), "w") as file:
+with open(os.path.join(args.out_dir, f"07_ablations{suffix}.json"), "w") as file:
     json.dump(report, file, indent=1)
-print(f"[json] {os.path.join(args.out_dir, '07_ablations.json')}; {report['elapsed_seconds']:.0f} s in all")
+print(f"[json] {os.path.join(args.out_dir, f'07_ablations{suffix}.json')}; {report['elapsed_seconds']:.0f} s in all")
