@@ -1,6 +1,6 @@
 """Tutorial 7: the paper's ablation table on a CPU: raster-scan AR against VAR, one switch at a time.
 
-    python tutorials/07_ablations.py          # about half an hour on one CPU thread (README: "Ablations")
+    python tutorials/07_ablations.py          # 20-30 minutes on one shared CPU thread (README: "Ablations")
     python tutorials/07_ablations.py --fast   # seconds: the same pipeline with tiny settings
     python tutorials/07_ablations.py --data-path /data/my_images   # any folder, one sub-folder per class
 
@@ -62,7 +62,7 @@ from minvar.training import lr_wd_at, set_lr_wd, step_generator
 from minvar.var import VAR, VARConfig
 from minvar.vqvae import VQVAE, VQVAEConfig
 
-# Full and fast settings. The full ones were sized for about half an hour on one shared CPU thread (README).
+# Full and fast settings. The full ones took 19.5 minutes on one shared CPU thread (README, "Ablations").
 # budget_steps: every model gets the training FLOPs of this many steps of the default VAR (row 6).
 FULL = dict(tokenizer_steps=600, train_images=8192, budget_steps=400, batch_size=16, depth=4, width=128, heads=2,
             big_depth=6, big_width=192, big_heads=3, judge_steps=400, per_class=16, num_real=750, timing_batch=16,
@@ -153,8 +153,9 @@ weights = dict(vae_multi.state_dict())
 weights["quantize.ema_vocab_hit_SV"] = vae_derived.quantize.ema_vocab_hit_SV  # usage statistics: one row per scale
 strict_load(vae_derived, weights, "derived one-scale VQVAE")
 vae_derived.eval()
+vae_one_trained = vae_one
 if args.ar_tokenizer == "derived":
-    vae_one = vae_derived
+    vae_one = vae_derived  # the AR model's tokenizer from here on
 suffix = "" if args.ar_tokenizer == "trained" else "_derived_ar_tokenizer"  # output names of this variant
 
 held_out_set = build_dataset(args.data_path, args.image_size, train=False, num_images=2 * args.num_real,
@@ -163,7 +164,7 @@ real = torch.stack([held_out_set[i][0] for i in range(min(2 * args.num_real, len
 real_labels = torch.tensor([held_out_set[i][1] for i in range(len(real))])
 with torch.no_grad():
     reconstructions = {name: vae.idx_to_img(vae.img_to_idx(real[:256]))
-                       for name, vae in [("multi-scale (VAR)", vae_multi), ("one-scale, trained (AR)", vae_one),
+                       for name, vae in [("multi-scale (VAR)", vae_multi), ("one-scale, trained", vae_one_trained),
                                          ("one-scale, derived from multi-scale", vae_derived)]}
 tokenizer_psnr = {name: psnr(images, real[:len(images)])[1] for name, images in reconstructions.items()}
 for name, value in tokenizer_psnr.items():
@@ -457,7 +458,7 @@ axes[1].set_xscale("log")
 axes[1].set_yticks(y, [])
 axes[1].invert_yaxis()
 axes[1].set_xlabel("sampling cost relative to row 1 (log)")
-axes[1].legend(fontsize=8, loc="lower right")
+axes[1].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
 axes[2].barh(y, [r["judge_accuracy"] for r in results], 0.5)
 axes[2].set_yticks(y, [])
 axes[2].invert_yaxis()
