@@ -3,6 +3,8 @@
     python tutorials/07_ablations.py          # 20-30 minutes on one shared CPU thread (README: "Ablations")
     python tutorials/07_ablations.py --fast   # seconds: the same pipeline with tiny settings
     python tutorials/07_ablations.py --data-path /data/my_images   # any folder, one sub-folder per class
+    python tutorials/07_ablations.py --ar-tokenizer derived  # AR on VAR's own tokenizer, last scale only (~5 min
+                                                             # after a full run: the VAR models are reused)
 
 The VAR paper's case for next-scale prediction is one table, its ablation study (ImageNet 256×256, FID):
 
