@@ -45,7 +45,7 @@ def save_checkpoint(path: str, kind: str, model: torch.nn.Module, config, step: 
 
 
 def load_checkpoint(path_or_dict, kind: str) -> Dict[str, Any]:
-    """Read a minvar checkpoint of the given kind ('minvar-tokenizer' or 'minvar-var'), with clear errors."""
+    """Read a minvar checkpoint of one kind ('minvar-tokenizer', 'minvar-var', 'minvar-ar'), with clear errors."""
     data = read_file(path_or_dict)
     where = path_or_dict if isinstance(path_or_dict, (str, os.PathLike)) else "the checkpoint"
     found = data.get("kind")

@@ -104,7 +104,10 @@ def sample_scales(var, vae, label_B: torch.Tensor, cfg: float = 1.5, top_k: int 
     quantizer = vae.quantize
     size = var.patch_nums[-1]
     null_B = torch.full_like(label_B, var.num_classes)
-    cond_2BD = var.class_emb(torch.cat((label_B, null_B)))  # (2B, C): conditional half, then unconditional half
+    # NOTE (differs from official VAR): with cfg = 0 the unconditional half would be multiplied by 0, so it is not
+    # computed at all (the official sampler always runs both halves); the tokens are the same, at half the cost.
+    guided = cfg != 0
+    cond_2BD = var.class_emb(torch.cat((label_B, null_B)) if guided else label_B)  # (2B, C): conditional, then null
     x_2BlC = var.embed_start(cond_2BD)  # (2B, 1, C) the first scale's input is the class token alone
     f_hat = torch.zeros(B, quantizer.code_dim, size, size, device=label_B.device)  # (B, Cvae, h, w)
     kv_caches = [dict() for _ in var.blocks]
@@ -115,7 +118,7 @@ def sample_scales(var, vae, label_B: torch.Tensor, cfg: float = 1.5, top_k: int 
         # Classifier-free guidance with the official linear ramp: t = cfg·k/(K-1), so the 1×1 scale is unguided
         # and the last scale uses the familiar weight w = 1 + cfg.
         t = cfg * ratio
-        logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
+        logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:] if guided else logits_2BlV  # (B, l, V)
         top_k_top_p_(logits_BlV, top_k, top_p)
         probs_NV = logits_BlV.softmax(dim=-1).view(-1, logits_BlV.shape[-1])  # (B*l, V)
         idx_Bl = torch.multinomial(probs_NV, 1, replacement=True, generator=generator).view(B, pn * pn)
@@ -132,7 +135,7 @@ def sample_scales(var, vae, label_B: torch.Tensor, cfg: float = 1.5, top_k: int 
         tokens.append(idx_Bl)
         f_hats.append(f_hat)
         if k < K - 1:
-            x_2BlC = var.embed_scale_input(k + 1, next_BlCv).repeat(2, 1, 1)  # (2B, l_next, C)
+            x_2BlC = var.embed_scale_input(k + 1, next_BlCv).repeat(1 + guided, 1, 1)  # (2B, l_next, C)
     return f_hat, tokens, f_hats
 
 

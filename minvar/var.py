@@ -45,7 +45,10 @@ class VARConfig:
     drop_path_rate: float = -1.0  # stochastic depth of the last block; -1 means the official 0.1·depth/24
     norm_eps: float = 1e-6  # LayerNorm epsilon
     shared_aln: bool = False  # one AdaLN projection shared by all blocks plus a per-block offset (d36 only)
-    attn_l2_norm: bool = True  # QK-norm with a learned per-head temperature (the released checkpoints use it)
+    attn_l2_norm: bool = True  # QK-norm with a learned per-head temperature (the released checkpoints use it);
+    # False: the paper's ablation without "attention normalization", plain softmax(q·k·scale) attention
+    adaln: bool = True  # AdaLN class conditioning in every block and before the head; False: plain LayerNorm with
+    # learned affine and the class enters only through the start token (the "AR to VAR" row of the ablation table)
     cond_drop_rate: float = 0.1  # label dropout in training, so that the null class learns the unconditional model
     init_adaln: float = 0.5  # scale of the AdaLN scale/shift rows at init
     init_adaln_gamma: float = 1e-5  # scale of the AdaLN gamma rows at init (the d16/d20 recipes use 1e-3)
@@ -59,6 +62,8 @@ class VARConfig:
         drop_path = self.drop_path_rate if self.drop_path_rate >= 0 else 0.1 * self.depth / 24
         if width % heads:
             raise ValueError(f"width {width} is not divisible by num_heads {heads}")
+        if self.shared_aln and not self.adaln:
+            raise ValueError("shared_aln=True shares the AdaLN projection, so it needs adaln=True")
         return VARConfig(**{**asdict(self), "width": width, "num_heads": heads, "drop_path_rate": drop_path})
 
 
@@ -209,6 +214,37 @@ class AdaLNBeforeHead(nn.Module):
         return self.ln_without_affine(x).mul(scale + 1).add(shift)
 
 
+class LayerNormBlock(nn.Module):
+    """The ablation block without AdaLN (config `adaln=False`): a plain pre-LN GPT block.
+
+        x = x + attn(LN1(x)),  x = x + ffn(LN2(x)),  LN with learned affine (the usual GPT-2 block)
+    The class is not an input here: it reaches the tokens only through the start token, as in a GPT. The forward
+    takes (and ignores) `cond` so that the model can call either kind of block the same way.
+    """
+
+    def __init__(self, cfg: VARConfig, drop_path: float):
+        super().__init__()
+        C = cfg.width
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.attn = SelfAttention(C, cfg.num_heads, cfg.attn_drop_rate, cfg.drop_rate, cfg.attn_l2_norm)
+        self.ffn = FFN(C, round(C * cfg.mlp_ratio), cfg.drop_rate)
+        self.ln1 = nn.LayerNorm(C, eps=cfg.norm_eps)  # affine: nothing else scales or shifts the normalised x
+        self.ln2 = nn.LayerNorm(C, eps=cfg.norm_eps)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, attn_bias: Optional[torch.Tensor],
+                kv_cache: Optional[dict] = None) -> torch.Tensor:
+        """x (B, L, C) -> (B, L, C); `cond` is unused (the class is already in the start token)."""
+        x = x + self.drop_path(self.attn(self.ln1(x), attn_bias, kv_cache))  # (B, L, C)
+        return x + self.drop_path(self.ffn(self.ln2(x)))
+
+
+class LayerNormBeforeHead(nn.LayerNorm):
+    """The final norm of the ablation without AdaLN: LayerNorm with learned affine; `cond` is ignored."""
+
+    def forward(self, x: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)
+
+
 def block_causal_mask(patch_nums: Sequence[int]) -> torch.Tensor:
     """The attention bias of next-scale prediction: 0 where the key's scale ≤ the query's scale, -inf elsewhere.
 
@@ -253,10 +289,11 @@ class VAR(nn.Module):
             self.shared_ada_lin = nn.Sequential(nn.SiLU(inplace=False), SharedAdaLin(C, 6 * C))
         # linear 0 → max over the blocks (block 0 gets 0), as torch.linspace; in Python so it also works on 'meta'
         drop_paths = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
-        self.blocks = nn.ModuleList([AdaLNBlock(cfg, drop_paths[i]) for i in range(cfg.depth)])
+        block_class = AdaLNBlock if cfg.adaln else LayerNormBlock  # the paper's ablation switch ("AR to VAR" row)
+        self.blocks = nn.ModuleList([block_class(cfg, drop_paths[i]) for i in range(cfg.depth)])
 
         # 3. output head
-        self.head_nm = AdaLNBeforeHead(C, cfg.norm_eps)
+        self.head_nm = AdaLNBeforeHead(C, cfg.norm_eps) if cfg.adaln else LayerNormBeforeHead(C, eps=cfg.norm_eps)
         self.head = nn.Linear(C, V)
         self.init_weights()
 
@@ -280,12 +317,15 @@ class VAR(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=std)
         self.head.weight.mul_(cfg.init_head)
         self.head.bias.zero_()
-        self.head_nm.ada_lin[-1].weight.mul_(cfg.init_adaln)
-        self.head_nm.ada_lin[-1].bias.zero_()
+        if cfg.adaln:  # without AdaLN the LayerNorms keep PyTorch's init (weight 1, bias 0)
+            self.head_nm.ada_lin[-1].weight.mul_(cfg.init_adaln)
+            self.head_nm.ada_lin[-1].bias.zero_()
         C = cfg.width
         for block in self.blocks:
             block.attn.proj.weight.div_(math.sqrt(2 * cfg.depth))
             block.ffn.fc2.weight.div_(math.sqrt(2 * cfg.depth))
+            if not cfg.adaln:
+                continue
             if cfg.shared_aln:
                 block.ada_gss.data[:, :, 2:].mul_(cfg.init_adaln)  # scale and shift
                 block.ada_gss.data[:, :, :2].mul_(cfg.init_adaln_gamma)  # gamma

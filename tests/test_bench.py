@@ -78,3 +78,21 @@ def test_bench_tokenizer_quick(tmp_path):
     saved = json.loads((tmp_path / "tokenizer.json").read_text())
     assert saved["vqvae_config"]["image_size"] == 32
     check_json(saved, table, VQVAE(config_from_json(VQVAEConfig, saved["vqvae_config"])))
+
+
+def test_bench_cost_quick(tmp_path):
+    """bench_cost.py --quick measures AR (with and without KV cache) and VAR at two sides and fits exponents: the
+    step counts are n² and K exactly, recomputing the prefix costs more FLOPs than the cache, and the figure and
+    JSON are written."""
+    figure = tmp_path / "cost.png"
+    result = subprocess.run([sys.executable, str(BENCH / "bench_cost.py"), "--quick", "--out", str(figure)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((tmp_path / "cost.json").read_text())
+    rows = {(r["side"], r["variant"]): r for r in saved["rows"]}
+    assert rows[(4, "AR, KV cache")]["steps"] == 16 and rows[(4, "VAR")]["steps"] == 4
+    assert rows[(4, "AR, no cache")]["flops"] > rows[(4, "AR, KV cache")]["flops"] > 0
+    assert all(r["seconds"] > 0 for r in saved["rows"])
+    assert set(saved["exponents"]) == {"AR, KV cache", "AR, no cache", "VAR"}
+    assert saved["exponents"]["AR, no cache"]["steps"] == pytest.approx(2.0)
+    assert figure.is_file() and figure.stat().st_size > 1000

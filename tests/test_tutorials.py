@@ -137,3 +137,19 @@ def test_06_official_checkpoints_samples_when_the_files_are_there(out_dir, offic
                           "--var", str(official_weight_files["var"]))
     assert_png_files(out_dir, ["06_official_samples.png"])
     assert "4,612,867 parameters" in stdout and "1,375,620 parameters" in stdout
+
+
+def test_07_ablations_writes_every_row_of_the_table(out_dir):
+    """07 trains the five models, samples the seven rows and writes the table: every row with finite numbers, the
+    AR row as the cost reference (relative cost 1), AdaLN off with fewer parameters than on, a bigger row 7."""
+    run_tutorial("07_ablations.py", out_dir)
+    assert_png_files(out_dir, ["07_ablations.png", "07_ablation_samples.png"])
+    rows = json.loads((out_dir / "07_ablations.json").read_text())["rows"]
+    assert [row["row"] for row in rows] == list(range(1, 8))
+    for row in rows:
+        for key in ("params", "seconds_per_image", "relative_cost", "frechet_distance", "judge_accuracy"):
+            assert math.isfinite(row[key]), f"row {row['row']}: {key} is {row[key]}"
+        assert row["seconds_per_image"] > 0 and 0 <= row["judge_accuracy"] <= 1
+    assert rows[0]["relative_cost"] == 1.0 and rows[0]["model"] == "ar"
+    assert rows[1]["params"] < rows[2]["params"] < rows[6]["params"]
+    assert rows[2]["params"] == rows[3]["params"] == rows[4]["params"], "rows 3-5 must share one model"
