@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from minvar import VAR, VQVAE, VARConfig, generate
+from minvar.flops import mfu, peak_flops, var_training_flops
 from minvar.sampling import make_generator, sample_scales
 from minvar.var import VAR_PRESETS
 
@@ -84,16 +85,20 @@ def measure(call, device: torch.device, warmup: int, repeats: int, description: 
     return {"seconds": statistics.median(seconds), "peak_memory_gib": peak}
 
 
-def row(config: str, params: int, dtype: str, mode: str, batch: int, timing: dict) -> dict:
-    """One line of the result table (also what --json writes)."""
+def row(config: str, params: int, dtype: str, mode: str, batch: int, timing: dict, flops: float = None,
+        device: torch.device = None) -> dict:
+    """One line of the result table (also what --json writes). With the FLOPs of one call, also its MFU: FLOPs /
+    seconds / the device's peak in that dtype (minvar/flops.py: a GPU table, or a matmul measured on this CPU)."""
+    utilisation = mfu(flops, timing["seconds"], peak_flops(device, dtype)) if flops else None
     return {"config": config, "params_m": params / 1e6, "dtype": dtype, "mode": mode, "batch": batch,
             "steps_per_s": 1 / timing["seconds"], "images_per_s": batch / timing["seconds"],
-            "peak_memory_gib": timing["peak_memory_gib"]}
+            "peak_memory_gib": timing["peak_memory_gib"], "mfu": utilisation}
 
 
 COLUMNS = [("config", "config", "{}"), ("params", "params_m", "{:.1f}M"), ("dtype", "dtype", "{}"),
            ("mode", "mode", "{}"), ("batch", "batch", "{}"), ("steps/s", "steps_per_s", "{:.3g}"),
-           ("images/s", "images_per_s", "{:.3g}"), ("peak mem", "peak_memory_gib", "{:.2f} GiB")]
+           ("images/s", "images_per_s", "{:.3g}"), ("peak mem", "peak_memory_gib", "{:.2f} GiB"),
+           ("MFU", "mfu", "{:.1%}")]
 
 
 def print_table(rows: list) -> None:
@@ -254,7 +259,7 @@ def main() -> None:
                 optimizer.step()
 
             timing = measure(train_step, device, args.warmup, args.repeats, f"{name} train {dtype}")
-            rows.append(row(name, num_params, dtype, "train", B, timing))
+            rows.append(row(name, num_params, dtype, "train", B, timing, var_training_flops(cfg, B), device))
             del optimizer  # free the Adam state before the next row (matters for the peak memory on CUDA)
             var.zero_grad(set_to_none=True)
 
@@ -276,6 +281,10 @@ def main() -> None:
 
     # 6. report --------------------------------------------------------------------------------------------------------
     print_table(rows)
+    if any(r["mfu"] is not None for r in rows):
+        peaks = ", ".join(f"{d} {peak_flops(device, d) / 1e9:.0f} GFLOP/s" for d in args.dtypes
+                          if peak_flops(device, d))
+        print(f"# MFU: train rows only (FLOPs counted as minvar/flops.py says); device peak {peaks}")
     if args.json:
         write_json(args.json, {"environment": env, "var_config": {"name": name, **asdict(cfg)}, "args": vars(args),
                                "rows": rows})
