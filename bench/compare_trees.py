@@ -22,12 +22,14 @@ VAR, VQVAE.from_preset, generate), so it can time an older tree than this one.
 
     python bench/compare_trees.py --compare /work/main                      # this tree (A) against /work/main (B)
     python bench/compare_trees.py --compare /tmp/base --depths 4 --modes train --rounds 5
+    python bench/compare_trees.py --precision-a bf16 --depths tiny,4 --modes train   # bf16 against fp32, one tree
 
 Shape legend: B batch, L = Σ pn² tokens, Cvae codebook dim, V codebook size.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -46,10 +48,13 @@ def worker(args: argparse.Namespace) -> None:
 
     import minvar
     from minvar import VAR, VQVAE, VARConfig, generate
+    from minvar.var import VAR_PRESETS
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    var = VAR(VARConfig(depth=args.depth))
+    var = VAR(VAR_PRESETS["tiny"] if args.depth == "tiny" else VARConfig(depth=int(args.depth)))
     cfg = var.config
+    # bf16: autocast around the model's forward and generate(); the loss and backward stay outside, as in the trainer
+    precision = torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext()
     B = args.batch_size
     if args.mode == "train":
         var.train()
@@ -59,17 +64,19 @@ def worker(args: argparse.Namespace) -> None:
         drop_B = torch.zeros(B, dtype=torch.bool)  # no label dropout: both trees do the same arithmetic
 
         def call():
-            logits_BLV = var(labels_B, x_BLCv, drop_B)  # (B, L, V)
+            with precision:
+                logits_BLV = var(labels_B, x_BLCv, drop_B)  # (B, L, V)
             loss = F.cross_entropy(logits_BLV.view(-1, cfg.vocab_size), target_BL.view(-1))
             var.zero_grad(set_to_none=True)
             loss.backward()
     else:
         var.eval()
-        vae = VQVAE.from_preset("official", patch_nums=cfg.patch_nums, image_size=16 * cfg.patch_nums[-1]).eval()
+        vae = (VQVAE.from_preset("tiny") if args.depth == "tiny" else VQVAE.from_preset("official")).eval()
         labels_B = torch.arange(B) % cfg.num_classes
 
         def call():
-            generate(var, vae, labels_B, cfg=1.5, top_k=900, top_p=0.96, seed=0)
+            with precision:
+                generate(var, vae, labels_B, cfg=1.5, top_k=900, top_p=0.96, seed=0)
 
     seconds, cpu_seconds = [], []
     for i in range(args.warmup + args.calls):
@@ -82,10 +89,11 @@ def worker(args: argparse.Namespace) -> None:
                       "minvar": os.path.dirname(os.path.dirname(minvar.__file__))}))
 
 
-def run_one(tree: str, args: argparse.Namespace, depth: int, mode: str) -> dict:
+def run_one(tree: str, precision: str, args: argparse.Namespace, depth: str, mode: str) -> dict:
     """One subprocess on `tree`: returns its timed wall-clock and CPU seconds."""
     env = {**os.environ, "PYTHONPATH": tree, "OMP_NUM_THREADS": str(args.threads)}
-    command = [sys.executable, str(HERE), "--worker", "--mode", mode, "--depth", str(depth), "--threads",
+    command = [sys.executable, str(HERE), "--worker", "--mode", mode, "--depth", depth, "--precision", precision,
+               "--threads",
                str(args.threads), "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
                "--calls", str(args.calls)]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -100,11 +108,17 @@ def run_one(tree: str, args: argparse.Namespace, depth: int, mode: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     # what to compare
-    parser.add_argument("--compare", required=False, default="",
-                        help="the other code tree (B), e.g. a `git worktree add /tmp/base main` checkout")
+    parser.add_argument("--compare", default=str(HERE.parents[1]),
+                        help="the other code tree (B), e.g. a `git worktree add /tmp/base main` checkout (default: "
+                             "this one, to compare precisions)")
     parser.add_argument("--tree", default=str(HERE.parents[1]), help="the first code tree (A) (default: this one)")
+    parser.add_argument("--precision-a", default="fp32", choices=["fp32", "bf16"],
+                        help="precision of A: bf16 = bfloat16 autocast (default %(default)s)")
+    parser.add_argument("--precision-b", default="fp32", choices=["fp32", "bf16"],
+                        help="precision of B (default %(default)s)")
     # what to time
-    parser.add_argument("--depths", default="4,12", help="comma-separated VAR depths (default %(default)s)")
+    parser.add_argument("--depths", default="4,12", help="comma-separated VAR depths, or 'tiny' for the quickstart "
+                                                         "preset with its tokenizer (default %(default)s)")
     parser.add_argument("--modes", default="train,generate", help="train and/or generate (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per call (default %(default)s)")
     # how long
@@ -117,30 +131,33 @@ def main() -> None:
     # internal
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="train", help=argparse.SUPPRESS)
-    parser.add_argument("--depth", type=int, default=4, help=argparse.SUPPRESS)
+    parser.add_argument("--depth", default="4", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    if not args.compare:
-        parser.error("give --compare PATH: the code tree to time against this one")
     trees = {"A": os.path.abspath(args.tree), "B": os.path.abspath(args.compare)}
+    precisions = {"A": args.precision_a, "B": args.precision_b}
+    if trees["A"] == trees["B"] and precisions["A"] == precisions["B"]:
+        parser.error("A and B are the same tree in the same precision: give --compare PATH or --precision-a bf16")
     for tree in trees.values():
         if not os.path.isfile(os.path.join(tree, "minvar", "var.py")):
             parser.error(f"{tree} is not a minvar tree (no minvar/var.py)")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in ("train", "generate") for m in modes):
         parser.error(f"--modes {args.modes!r}: choose from train, generate")
-    depths = [int(d) for d in args.depths.split(",")]
+    depths = [d.strip() for d in args.depths.split(",")]  # depths, or "tiny" for the quickstart preset
 
-    print(f"# A = {trees['A']}\n# B = {trees['B']}\n# batch {args.batch_size}, {args.threads} thread(s) per "
-          f"process, {args.rounds} rounds x {args.calls} timed calls (after {args.warmup} warmup) per tree")
+    print(f"# A = {trees['A']} ({precisions['A']})\n# B = {trees['B']} ({precisions['B']})")
+    print(f"# batch {args.batch_size}, {args.threads} thread(s) per process, {args.rounds} rounds x {args.calls} "
+          f"timed calls (after {args.warmup} warmup) per variant")
     results = []
     for depth in depths:
         for mode in modes:
             seconds = {name: {"wall": [], "cpu": []} for name in trees}
             for r in range(args.rounds):
                 for name in ("A", "B") if r % 2 == 0 else ("B", "A"):
-                    timed = run_one(trees[name], args, depth, mode)
+                    timed = run_one(trees[name], precisions[name], args, depth, mode)
                     for clock in ("wall", "cpu"):
                         seconds[name][clock] += timed[clock]
                     print(f"#   d{depth} {mode} round {r} {name}: wall {timed['wall']} cpu {timed['cpu']}", flush=True)
