@@ -10,12 +10,15 @@ What is timed (VAR paper Section 3.2; official `train.py` / `trainer.py` and `mo
               unless --no-vae-decode. Weights are random: the cost of the arithmetic does not depend on them.
 
 Each row is warmed up, then timed `--repeats` times; steps/s = 1 / median time of one call (a training step, or one
-generate() call of a batch) and images/s = B × steps/s. fp32 rows run in strict float32 (on CUDA, TF32 stays off
+generate() call of a batch) and images/s = B × steps/s. Training rows also give their MFU: the step's FLOPs counted
+from the config (minvar/flops.py) / the median time / the device's peak in that dtype (a GPU table; on a CPU a
+matrix product measured once per process). fp32 rows run in strict float32 (on CUDA, TF32 stays off
 as PyTorch's default; the official trainer turns it on); bf16 rows under torch.autocast(bfloat16), which needs no
 grad scaler. NOTE (differs from official VAR): its trainer uses fp16 autocast with a grad scaler (`--fp16=1`); bf16
 has the same speed on recent GPUs and is simpler. On CUDA every timing is bracketed by torch.cuda.synchronize and the
 peak memory of a row is torch.cuda.max_memory_allocated. On CPUs without native bf16 (no AVX512-BF16/AMX) the bf16
-rows are much SLOWER than fp32: the conversions are emulated.
+rows are much SLOWER than fp32: the conversions are emulated. Where the CPU has them (e.g. AMD Zen 4 with
+AVX512-BF16, Intel Sapphire Rapids with AMX) bf16 matrix products run 2-3× faster than fp32.
 
     python bench/bench_var.py                              # tiny CPU config, batch 32
     python bench/bench_var.py --depth 16 --batch-size 2    # a real VAR-d16 (310M) with the official-size VQVAE

@@ -20,6 +20,7 @@ Shape legend: B batch, L = Σ pn² tokens, Cvae codebook dim, V codebook size.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -39,7 +40,8 @@ TINY = dict(depth=2, width=64, num_heads=2, num_classes=10, vocab_size=64, code_
 def make_var(depth: int, device: torch.device, cpu_mode: bool) -> VAR:
     """VAR-dD with the official sizes (width 64·D, 256px schedule), or a tiny model in --cpu mode."""
     config = VARConfig(**{**TINY, "depth": depth}) if cpu_mode else VARConfig(depth=depth)
-    return VAR(config).to(device)
+    with device:  # build (and randomly initialise) the weights on the device itself: d30 has 2B of them
+        return VAR(config)
 
 
 def random_batch(var: VAR, batch_size: int, device: torch.device):
@@ -99,20 +101,25 @@ def largest_batch(fits, start: int, limit: int) -> int:
     return low
 
 
-def batch_fits(depth: int, batch_size: int, device: torch.device, cpu_mode: bool) -> bool:
-    """Whether one bf16 training step (with AdamW state) of VAR-dD at this batch fits in memory."""
-    var = optimizer = None
-    try:
-        var = make_var(depth, device, cpu_mode)
-        optimizer = torch.optim.AdamW(var.parameters(), lr=1e-4, fused=device.type == "cuda")
-        train_step(var, optimizer, random_batch(var, batch_size, device), device, "bf16")
-        return True
-    except torch.OutOfMemoryError:
-        return False
-    finally:
-        del var, optimizer
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+def batch_fitter(depth: int, device: torch.device, cpu_mode: bool):
+    """A function batch -> whether one bf16 training step of VAR-dD (weights, gradients, AdamW state, activations)
+    fits in memory. One model and optimizer serve every try, so the optimizer state is counted as in training."""
+    var = make_var(depth, device, cpu_mode)
+    optimizer = torch.optim.AdamW(var.parameters(), lr=1e-4, fused=device.type == "cuda")
+
+    def fits(batch_size: int) -> bool:
+        try:
+            train_step(var, optimizer, random_batch(var, batch_size, device), device, "bf16")
+            return True
+        except torch.OutOfMemoryError:
+            return False
+        finally:
+            optimizer.zero_grad(set_to_none=True)
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    return fits
 
 
 def main() -> None:
@@ -183,7 +190,10 @@ def main() -> None:
     # 4. largest batch per GPU ---------------------------------------------------------------------------------
     result["largest_batch"] = {}
     for search_depth in ((2,) if args.cpu else (16, 20, 24, 30)):
-        found = largest_batch(lambda b: batch_fits(search_depth, b, device, args.cpu), 1, max_batch)
+        found = largest_batch(batch_fitter(search_depth, device, args.cpu), 1, max_batch)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         result["largest_batch"][f"d{search_depth}"] = found
         capped = " (the search limit)" if found == max_batch else ""
         print(f"4. largest bf16 training batch, d{search_depth}: {found}{capped}")
