@@ -25,7 +25,8 @@ from minvar.checkpoint import CheckpointError, load_tokenizer, load_var, read_fi
 from minvar.data import from_uint8_images, save_image_grid, to_uint8_images
 from minvar.pretrained import RELEASED, DownloadError, load as load_pretrained
 from minvar.sampling import box_keep_mask, check_pair, edit, generate
-from minvar.training import non_negative_int, positive_int, probability
+from minvar.training import (add_speed_arguments, autocast, non_negative_int, positive_int, probability,
+                             resolve_precision, set_threads)
 
 
 def parse_args(argv=None):
@@ -52,6 +53,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same samples")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images generated at once")
     parser.add_argument("--device", default="auto", help="'cpu', 'cuda', or 'auto'")
+    add_speed_arguments(parser)  # --precision, --bf16, --threads
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights even if EMA weights exist")
     parser.add_argument("--out-dir", default="runs/samples", help="where grid.png, images/ and samples.npz go")
     # editing
@@ -106,6 +108,8 @@ def main(argv=None):
     args = parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
+    set_threads(args.threads)
+    bf16 = resolve_precision(args.precision, args.bf16, device) == "bf16"  # bf16 changes the samples a little
     try:
         var, vae, class_names = load_models(args, device)
     except (CheckpointError, ValueError) as error:
@@ -122,8 +126,9 @@ def main(argv=None):
         image = from_uint8_images(np.array(source))[None].to(device)  # (1, 3, H, W) in [-1, 1]
         keep = box_keep_mask(vae.patch_nums[-1], [float(v) for v in args.box.split(",")], args.mode)
         label = classes[0] if args.classes != "all" else None  # no class: plain in/out-painting
-        images = edit(var, vae, image.expand(args.per_class, -1, -1, -1), keep, label=label, cfg=args.cfg,
-                      top_k=args.top_k, top_p=args.top_p, seed=args.seed, more_smooth=args.more_smooth)
+        with autocast(device, bf16):
+            images = edit(var, vae, image.expand(args.per_class, -1, -1, -1), keep, label=label, cfg=args.cfg,
+                          top_k=args.top_k, top_p=args.top_p, seed=args.seed, more_smooth=args.more_smooth).float()
         labels = [label if label is not None else var.num_classes] * args.per_class
         masked = image * torch.nn.functional.interpolate(keep[None, None], size=(size, size)).to(device)
         grid = torch.cat([image, masked, images * 2 - 1])
@@ -134,8 +139,9 @@ def main(argv=None):
         for start in tqdm(range(0, len(labels), args.batch_size), desc="sampling", dynamic_ncols=True):
             batch = labels[start:start + args.batch_size]
             # a distinct seed per batch keeps batches independent and the whole run reproducible
-            chunks.append(generate(var, vae, batch, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
-                                   seed=args.seed + start, more_smooth=args.more_smooth).cpu())
+            with autocast(device, bf16):
+                chunks.append(generate(var, vae, batch, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
+                                       seed=args.seed + start, more_smooth=args.more_smooth).float().cpu())
         images = torch.cat(chunks)
         grid_rows = [images[i * args.per_class:i * args.per_class + min(args.per_class, 10)]
                      for i in range(min(len(classes), 16))]

@@ -26,7 +26,8 @@ from minvar.data import DataError, build_dataset, save_image_grid
 from minvar.metrics import codebook_usage, psnr
 from minvar.training import (RunLog, add_common_arguments, all_reduce_mean, autocast, end_distributed, is_due,
                              make_loader, non_negative_float, non_negative_int, positive_float, positive_int,
-                             probability, resolve_device, resume_from, setup_distributed, unwrap, wrap_ddp)
+                             probability, resolve_device, resolve_precision, resume_from, set_threads,
+                             setup_distributed, unwrap, wrap_ddp)
 from minvar.vqvae import VQVAE, VQVAE_PRESETS, VQVAEConfig
 
 
@@ -107,6 +108,9 @@ def main(argv=None):
     args = parse_args(argv)
     distributed = setup_distributed(args.device)
     device = resolve_device(args.device, distributed)
+    set_threads(args.threads)
+    args.precision = resolve_precision(args.precision, args.bf16, device)  # 'auto' -> what runs: fp32 or bf16
+    args.bf16 = args.precision == "bf16"
     checkpoint_path, resumed = resume_from(args.out_dir, "minvar-tokenizer", args.resume)
     try:
         config = config_from_dict(VQVAEConfig, resumed["config"]) if resumed else build_config(args)

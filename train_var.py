@@ -22,11 +22,12 @@ from tqdm import tqdm
 
 from minvar.checkpoint import CheckpointError, config_from_dict, load_tokenizer, save_checkpoint
 from minvar.data import DataError, build_dataset, save_image_grid
+from minvar.flops import mfu, peak_flops, var_training_flops
 from minvar.sampling import check_pair, generate
 from minvar.training import (EMA, RunLog, add_common_arguments, all_reduce_mean, autocast, end_distributed, is_due,
                              lr_wd_at, make_loader, non_negative_float, non_negative_int, positive_float,
-                             positive_int, probability, resolve_device, resume_from, set_lr_wd, setup_distributed,
-                             step_generator, wrap_ddp)
+                             positive_int, probability, resolve_device, resolve_precision, resume_from, set_lr_wd,
+                             set_threads, setup_distributed, step_generator, wrap_ddp)
 from minvar.var import VAR, VAR_PRESETS, VARConfig
 
 # Training recipes. dN are the official ImageNet ones (official README; docs/official_model.md): global batch,
@@ -106,6 +107,9 @@ def main(argv=None):
     args = parse_args(argv)
     distributed = setup_distributed(args.device)
     device = resolve_device(args.device, distributed)
+    set_threads(args.threads)
+    args.precision = resolve_precision(args.precision, args.bf16, device)  # 'auto' -> what runs: fp32 or bf16
+    args.bf16 = args.precision == "bf16"
     recipe = RECIPES[args.preset]
     checkpoint_path, resumed = resume_from(args.out_dir, "minvar-var", args.resume)
     try:
@@ -168,6 +172,9 @@ def main(argv=None):
 
     # 5. train loop ---------------------------------------------------------------------------------------------
     loader = make_loader(train_set, batch_size, args.seed, start_step, steps, distributed, args.workers)
+    peak = peak_flops(device, args.precision)  # FLOP/s of one device: GPU table, or measured once on a CPU
+    log.write(f"precision {args.precision}, {torch.get_num_threads()} CPU threads, device peak "
+              f"{'unknown' if peak is None else f'{peak / 1e12:.3g} TFLOP/s'}")
     log.start(start_step)
     bar = tqdm(loader, initial=start_step, total=steps, disable=not distributed.is_main, desc="VAR",
                dynamic_ncols=True)
@@ -204,9 +211,14 @@ def main(argv=None):
         if is_due(done, args.log_every, steps):
             mean_loss = all_reduce_mean(loss.detach(), distributed).item()
             accuracy = all_reduce_mean((logits_BLV.argmax(-1) == target_BL).float().mean(), distributed).item()
+            # MFU: the step's model FLOPs (minvar/flops.py) / the step time / the peak of all processes' devices
+            images_per_second = log.images_per_second(done, global_batch)
+            utilisation = mfu(var_training_flops(config, global_batch), global_batch / max(images_per_second, 1e-9),
+                              peak * distributed.world_size if peak else None)
+            mfu_text = "-" if utilisation is None else f"{100 * utilisation:.1f}%"
             log.write(f"step {done} loss {mean_loss:.4f} acc {accuracy:.4f} lr {lr:.3e} wd {wd:.4f} "
                       f"grad_norm {grad_norm.item():.3f} "
-                      f"img/s {log.images_per_second(done, global_batch):.1f} "
+                      f"img/s {images_per_second:.1f} mfu {mfu_text} "
                       f"skipped images {getattr(train_set, 'num_skipped', 0)}")
         if distributed.is_main and is_due(done, args.sample_every, steps):
             net = ema.model if ema is not None else var

@@ -10,12 +10,15 @@ What is timed (VAR paper Section 3.2; official `train.py` / `trainer.py` and `mo
               unless --no-vae-decode. Weights are random: the cost of the arithmetic does not depend on them.
 
 Each row is warmed up, then timed `--repeats` times; steps/s = 1 / median time of one call (a training step, or one
-generate() call of a batch) and images/s = B × steps/s. fp32 rows run in strict float32 (on CUDA, TF32 stays off
+generate() call of a batch) and images/s = B × steps/s. Training rows also give their MFU: the step's FLOPs counted
+from the config (minvar/flops.py) / the median time / the device's peak in that dtype (a GPU table; on a CPU a
+matrix product measured once per process). fp32 rows run in strict float32 (on CUDA, TF32 stays off
 as PyTorch's default; the official trainer turns it on); bf16 rows under torch.autocast(bfloat16), which needs no
 grad scaler. NOTE (differs from official VAR): its trainer uses fp16 autocast with a grad scaler (`--fp16=1`); bf16
 has the same speed on recent GPUs and is simpler. On CUDA every timing is bracketed by torch.cuda.synchronize and the
 peak memory of a row is torch.cuda.max_memory_allocated. On CPUs without native bf16 (no AVX512-BF16/AMX) the bf16
-rows are much SLOWER than fp32: the conversions are emulated.
+rows are much SLOWER than fp32: the conversions are emulated. Where the CPU has them (e.g. AMD Zen 4 with
+AVX512-BF16, Intel Sapphire Rapids with AMX) bf16 matrix products run 2-3× faster than fp32.
 
     python bench/bench_var.py                              # tiny CPU config, batch 32
     python bench/bench_var.py --depth 16 --batch-size 2    # a real VAR-d16 (310M) with the official-size VQVAE
@@ -42,6 +45,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from minvar import VAR, VQVAE, VARConfig, generate
+from minvar.flops import mfu, peak_flops, var_training_flops
 from minvar.sampling import make_generator, sample_scales
 from minvar.var import VAR_PRESETS
 
@@ -84,16 +88,20 @@ def measure(call, device: torch.device, warmup: int, repeats: int, description: 
     return {"seconds": statistics.median(seconds), "peak_memory_gib": peak}
 
 
-def row(config: str, params: int, dtype: str, mode: str, batch: int, timing: dict) -> dict:
-    """One line of the result table (also what --json writes)."""
+def row(config: str, params: int, dtype: str, mode: str, batch: int, timing: dict, flops: float = None,
+        device: torch.device = None) -> dict:
+    """One line of the result table (also what --json writes). With the FLOPs of one call, also its MFU: FLOPs /
+    seconds / the device's peak in that dtype (minvar/flops.py: a GPU table, or a matmul measured on this CPU)."""
+    utilisation = mfu(flops, timing["seconds"], peak_flops(device, dtype)) if flops else None
     return {"config": config, "params_m": params / 1e6, "dtype": dtype, "mode": mode, "batch": batch,
             "steps_per_s": 1 / timing["seconds"], "images_per_s": batch / timing["seconds"],
-            "peak_memory_gib": timing["peak_memory_gib"]}
+            "peak_memory_gib": timing["peak_memory_gib"], "mfu": utilisation}
 
 
 COLUMNS = [("config", "config", "{}"), ("params", "params_m", "{:.1f}M"), ("dtype", "dtype", "{}"),
            ("mode", "mode", "{}"), ("batch", "batch", "{}"), ("steps/s", "steps_per_s", "{:.3g}"),
-           ("images/s", "images_per_s", "{:.3g}"), ("peak mem", "peak_memory_gib", "{:.2f} GiB")]
+           ("images/s", "images_per_s", "{:.3g}"), ("peak mem", "peak_memory_gib", "{:.2f} GiB"),
+           ("MFU", "mfu", "{:.1%}")]
 
 
 def print_table(rows: list) -> None:
@@ -254,7 +262,7 @@ def main() -> None:
                 optimizer.step()
 
             timing = measure(train_step, device, args.warmup, args.repeats, f"{name} train {dtype}")
-            rows.append(row(name, num_params, dtype, "train", B, timing))
+            rows.append(row(name, num_params, dtype, "train", B, timing, var_training_flops(cfg, B), device))
             del optimizer  # free the Adam state before the next row (matters for the peak memory on CUDA)
             var.zero_grad(set_to_none=True)
 
@@ -276,6 +284,10 @@ def main() -> None:
 
     # 6. report --------------------------------------------------------------------------------------------------------
     print_table(rows)
+    if any(r["mfu"] is not None for r in rows):
+        peaks = ", ".join(f"{d} {peak_flops(device, d) / 1e9:.0f} GFLOP/s" for d in args.dtypes
+                          if peak_flops(device, d))
+        print(f"# MFU: train rows only (FLOPs counted as minvar/flops.py says); device peak {peaks}")
     if args.json:
         write_json(args.json, {"environment": env, "var_config": {"name": name, **asdict(cfg)}, "args": vars(args),
                                "rows": rows})

@@ -14,7 +14,7 @@ from minvar import VAR, VARConfig, VQVAE, VQVAEConfig
 
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench"
 pytestmark = pytest.mark.slow  # each test runs a benchmark script in a subprocess
-COLUMNS = ["config", "params", "dtype", "mode", "batch", "steps/s", "images/s", "peak mem"]
+COLUMNS = ["config", "params", "dtype", "mode", "batch", "steps/s", "images/s", "peak mem", "MFU"]
 
 
 def run_quick(script: str, json_path: pathlib.Path) -> list:
@@ -40,6 +40,10 @@ def check_rows(table: list, config: str, modes: list) -> None:
         assert steps > 0 and images > 0
         assert images == pytest.approx(2 * steps, rel=0.02)  # images/s = batch × steps/s (3 significant digits)
         assert r["peak mem"] == "-"  # CPU: no peak-memory counter
+        if r["mode"] == "train" and config == "tiny" and "generate" in modes:  # bench_var: MFU of training rows
+            assert float(r["MFU"].rstrip("%")) > 0
+        else:
+            assert r["MFU"] == "-"
 
 
 def check_json(saved: dict, table: list, model) -> None:
@@ -96,3 +100,27 @@ def test_bench_cost_quick(tmp_path):
     assert set(saved["exponents"]) == {"AR, KV cache", "AR, no cache", "VAR"}
     assert saved["exponents"]["AR, no cache"]["steps"] == pytest.approx(2.0)
     assert figure.is_file() and figure.stat().st_size > 1000
+
+
+def test_gpu_check_cpu_mode(tmp_path):
+    """bench/gpu_check.py --cpu runs every check (kernels, train step, generation, batch search, bf16 vs fp32), so
+    the CUDA script cannot rot: its JSON names a real SDPA kernel, positive rates, the capped batch search, and
+    bf16 losses within 2% of fp32 on the same batch."""
+    result = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--cpu", "--json", str(tmp_path / "g.json")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((tmp_path / "g.json").read_text())
+    assert saved["sdpa_training_mask"] and all("scaled_dot_product" in k for k in saved["sdpa_training_mask"])
+    assert saved["sdpa_cached_generation"]
+    assert saved["train"]["images_per_s"] > 0 and saved["generate"]["images_per_s"] > 0
+    assert saved["largest_batch"] == {"d2": 4}  # a tiny model never runs out of memory: the search reaches its cap
+    assert len(saved["losses"]["fp32"]) == len(saved["losses"]["bf16"]) == 3
+    assert saved["largest_relative_loss_gap"] < 0.02
+
+
+def test_largest_batch_search():
+    """The batch search finds the exact boundary of a monotone 'fits' for every boundary, 0 when nothing fits."""
+    sys.path.insert(0, str(BENCH))
+    from gpu_check import largest_batch
+    for boundary in range(0, 40):
+        assert largest_batch(lambda b: b <= boundary, 1, 32) == min(boundary, 32)
