@@ -96,7 +96,7 @@ def add_speed_arguments(parser) -> None:
                              "with bf16 support, CPUs with AVX512-BF16 or AMX), fp32 elsewhere (emulated bf16 is "
                              "about 10x slower) (default %(default)s)")
     parser.add_argument("--bf16", action="store_true", help="same as --precision bf16 (the older flag)")
-    parser.add_argument("--threads", type=int, default=0,
+    parser.add_argument("--threads", type=non_negative_int, default=0,
                         help="CPU threads for torch (0: torch's default, one per core); on a machine shared with "
                              "other jobs, 1 is often faster (default %(default)s)")
 
