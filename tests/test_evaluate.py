@@ -48,7 +48,8 @@ def report_pair(tmp_path_factory):
 
 def test_accuracy_follows_the_labels(report_pair):
     right, wrong = report_pair
-    assert right["samples"] == 90 and right["real_per_set"] == 90
+    # matched N: the floor's second real set has as many images as the samples, beside a 90-image reference
+    assert right["samples"] == right["real_matched"] == 90 and right["real_reference"] == 90
     assert right["judge_accuracy_samples"] > 0.8, right
     assert wrong["judge_accuracy_samples"] < 0.2, wrong
     # the distribution metrics ignore labels: identical images give identical distances
@@ -71,6 +72,8 @@ def test_real_samples_sit_near_the_real_floor(report_pair):
     for key in ("precision_samples", "recall_samples", "precision_real", "recall_real"):
         assert 0.0 <= right[key] <= 1.0
     assert right["precision_samples"] > 0.5 and right["recall_samples"] > 0.5, right
+    assert right["frechet_distance_samples_over_floor"] == pytest.approx(
+        right["frechet_distance_samples"] / right["frechet_distance_real_floor"])
 
 
 def test_missing_samples_file_is_a_clear_error(tmp_path):
