@@ -1,7 +1,7 @@
 """Train the next-scale prediction transformer (stage 2 of VAR) on a frozen tokenizer.
 
-Every step: images -> tokens of all K scales with the frozen VQVAE (Algorithm 1, fp32, on the fly as the official
-trainer) -> teacher-forcing input (cumulative f̂ downsampled to each next scale) -> one block-causal forward that
+Every step: tokens of all K scales (Algorithm 1 by the frozen VQVAE, read from a token cache that encodes the
+dataset once, or encoded on the fly as the official trainer with --encode-on-the-fly) -> teacher-forcing input (cumulative f̂ downsampled to each next scale) -> one block-causal forward that
 predicts every scale at once -> cross entropy over all L tokens (uniform weights, as official).
 
 Quickstart on the built-in shapes dataset (measured 14.9 min on 2 idle CPU cores, after train_tokenizer.py):
@@ -23,6 +23,7 @@ from tqdm import tqdm
 from minvar.checkpoint import CheckpointError, config_from_dict, load_tokenizer, save_checkpoint
 from minvar.data import DataError, build_dataset, save_image_grid
 from minvar.sampling import check_pair, generate
+from minvar.token_cache import TokenDataset, load_or_build_token_cache
 from minvar.training import (EMA, RunLog, add_common_arguments, all_reduce_mean, autocast, is_due, lr_wd_at,
                              make_loader, resolve_device, resume_from, set_lr_wd, setup_distributed, step_generator,
                              wrap_ddp)
@@ -54,6 +55,8 @@ def parse_args(argv=None):
     add_common_arguments(parser, "runs/var", None, "training resolution; default: the tokenizer's own")
     parser.add_argument("--tokenizer", default="runs/tokenizer/checkpoint.pt", help="a train_tokenizer.py "
                         "checkpoint, or the official vae_ch160v4096z32.pth")
+    parser.add_argument("--encode-on-the-fly", action="store_true", help="encode every batch with the tokenizer "
+                        "(fresh random crops of image folders) instead of reading <out-dir>/token_cache.pt")
     # model
     parser.add_argument("--preset", default="tiny", choices=sorted(RECIPES), help="architecture and recipe")
     parser.add_argument("--depth", type=int, default=None, help="override the preset's depth (width 64·depth "
@@ -165,20 +168,34 @@ def main(argv=None):
         if sum(p.numel() for p in vae.parameters()) < 20_000_000 else None  # embed small tokenizers
 
     # 5. train loop ---------------------------------------------------------------------------------------------
-    loader = make_loader(train_set, batch_size, args.seed, start_step, steps, distributed, args.workers)
+    if args.encode_on_the_fly:
+        step_set = train_set  # items: (image (3, H, W), label)
+        skipped_images = lambda: getattr(train_set, "num_skipped", 0)  # noqa: E731 (counted as the loader reads)
+    else:  # items: (tokens (L,), label), the dataset encoded once; rank 0 builds, the other ranks wait and read
+        barrier = torch.distributed.barrier if distributed.world_size > 1 else None
+        cache = load_or_build_token_cache(os.path.join(args.out_dir, "token_cache.pt"), vae, train_set, args.hflip,
+                                          distributed.is_main, barrier, log.write)
+        step_set = TokenDataset(cache, seed=args.seed)
+        skipped_images = lambda: cache.get("num_skipped", 0)  # noqa: E731 (counted when the cache was built)
+    scale_lengths = [pn * pn for pn in vae.patch_nums]
+    loader = make_loader(step_set, batch_size, args.seed, start_step, steps, distributed, args.workers)
     log.start(start_step)
     bar = tqdm(loader, initial=start_step, total=steps, disable=not distributed.is_main, desc="VAR",
                dynamic_ncols=True)
     var.train()
-    for step, (images, labels) in enumerate(bar, start=start_step):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    for step, (inputs, labels) in enumerate(bar, start=start_step):
+        inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         lr, wd = lr_wd_at(step, steps, peak_lr, warmup, final_lr_ratio=recipe["final_lr_ratio"],
                           weight_decay=recipe["weight_decay"], final_weight_decay=recipe["final_weight_decay"])
         set_lr_wd(optimizer, lr, wd)
-        with torch.no_grad():  # tokens on the fly, fp32, outside autocast (official trainer)
-            idx = vae.img_to_idx(images)
+        with torch.no_grad():  # fp32, outside autocast (official trainer)
+            if args.encode_on_the_fly:
+                idx = vae.img_to_idx(inputs)  # K LongTensors (B, pn²)
+                target_BL = torch.cat(idx, dim=1)  # (B, L)
+            else:
+                target_BL = inputs  # (B, L), the same tokens the line above would compute
+                idx = list(target_BL.split(scale_lengths, dim=1))  # K LongTensors (B, pn²)
             x_BLCv = vae.idx_to_var_input(idx)  # (B, L-1, Cvae)
-            target_BL = torch.cat(idx, dim=1)  # (B, L)
         # label dropout from a per-step generator over the GLOBAL batch: identical on resume and across processes
         drop_G = torch.rand(global_batch, generator=step_generator(args.seed, step, "cpu")) < args.cond_drop_rate
         rank = distributed.rank
@@ -205,7 +222,7 @@ def main(argv=None):
             log.write(f"step {done} loss {mean_loss:.4f} acc {accuracy:.4f} lr {lr:.3e} wd {wd:.4f} "
                       f"grad_norm {grad_norm.item():.3f} "
                       f"img/s {log.images_per_second(done, global_batch):.1f} "
-                      f"skipped images {getattr(train_set, 'num_skipped', 0)}")
+                      f"skipped images {skipped_images()}")
         if distributed.is_main and is_due(done, args.sample_every, steps):
             net = ema.model if ema is not None else var
             net.eval()
