@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from minvar.sampling import check_pair, generate
 from minvar.token_cache import TokenDataset, load_or_build_token_cache
 from minvar.training import (EMA, RunLog, add_common_arguments, all_reduce_mean, autocast, is_due, lr_wd_at,
                              make_loader, resolve_device, resume_from, set_lr_wd, setup_distributed, step_generator,
-                             wrap_ddp)
+                             TimeBudget, wrap_ddp)
 from minvar.var import VAR, VAR_PRESETS, VARConfig
 
 # Training recipes. dN are the official ImageNet ones (README of FoundationVision/VAR and facts §3): global batch,
@@ -70,6 +71,8 @@ def parse_args(argv=None):
     parser.add_argument("--base-learning-rate", type=float, default=None, help="peak lr per 256 images "
                         "(peak = base × global batch / 256); default: the recipe's")
     parser.add_argument("--warmup-steps", type=int, default=None, help="default: 2%% of the steps (epochs/50)")
+    parser.add_argument("--minutes", type=float, default=None, help="train for this long instead of --steps: "
+                        "the run times its first steps and sets the total so that the lr decay completes in time")
     parser.add_argument("--grad-clip", type=float, default=2.0, help="global gradient-norm clip")
     parser.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
     parser.add_argument("--cond-drop-rate", type=float, default=0.1, help="label dropout for guidance")
@@ -104,6 +107,7 @@ def sample_grid(var, vae, class_names, path: str, cfg: float, seed: int = 0) -> 
 
 def main(argv=None):
     # 1. config -------------------------------------------------------------------------------------------------
+    started = time.perf_counter()  # a --minutes budget counts from here
     args = parse_args(argv)
     distributed = setup_distributed(args.device)
     device = resolve_device(args.device, distributed)
@@ -163,6 +167,9 @@ def main(argv=None):
         torch.set_rng_state(resumed["rng_state"])
         start_step = resumed["step"]
         log.write(f"resumed from step {start_step}")
+        if (resumed.get("args") or {}).get("minutes"):  # the total that --minutes chose; never re-measured
+            steps = resumed["total_steps"]
+    budget = TimeBudget(args.minutes, start_step, started) if args.minutes and start_step == 0 else None
     model = wrap_ddp(var, distributed, device)
     tokenizer_state = {"kind": "minvar-tokenizer", "config": vars(vae.config), "model": vae.state_dict()} \
         if sum(p.numel() for p in vae.parameters()) < 20_000_000 else None  # embed small tokenizers
@@ -178,12 +185,16 @@ def main(argv=None):
         step_set = TokenDataset(cache, seed=args.seed)
         skipped_images = lambda: cache.get("num_skipped", 0)  # noqa: E731 (counted when the cache was built)
     scale_lengths = [pn * pn for pn in vae.patch_nums]
-    loader = make_loader(step_set, batch_size, args.seed, start_step, steps, distributed, args.workers)
+    # with a budget the loader runs on (its batches are pure functions of the step) until the chosen total
+    loader = make_loader(step_set, batch_size, args.seed, start_step, steps if budget is None else 10 ** 12,
+                         distributed, args.workers)
     log.start(start_step)
     bar = tqdm(loader, initial=start_step, total=steps, disable=not distributed.is_main, desc="VAR",
                dynamic_ncols=True)
     var.train()
     for step, (inputs, labels) in enumerate(bar, start=start_step):
+        if step >= steps:
+            break
         inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         lr, wd = lr_wd_at(step, steps, peak_lr, warmup, final_lr_ratio=recipe["final_lr_ratio"],
                           weight_decay=recipe["weight_decay"], final_weight_decay=recipe["final_weight_decay"])
@@ -213,6 +224,12 @@ def main(argv=None):
 
         # 6. logging, samples, checkpoints ------------------------------------------------------------------------
         done = step + 1
+        chosen = budget.total_steps(done, distributed) if budget is not None else None
+        if chosen is not None:
+            steps = args.steps = max(chosen, done)
+            bar.total = steps
+            log.write(f"--minutes {args.minutes}: {budget.seconds_per_step:.3f} s per step from step "
+                      f"{budget.begin_step} to {done}, so {steps} steps in all (warmup {warmup})")
         if distributed.is_main:
             accuracy = (logits_BLV.argmax(-1) == target_BL).float().mean().item()
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.3f}", lr=f"{lr:.1e}")
@@ -233,7 +250,7 @@ def main(argv=None):
             save_checkpoint(checkpoint_path, "minvar-var", var, config, done, train_set.class_names, optimizer,
                             ema_model=ema.model.state_dict() if ema is not None else None,
                             tokenizer=tokenizer_state, tokenizer_path=os.path.abspath(args.tokenizer),
-                            rng_state=torch.get_rng_state(), args=vars(args))
+                            rng_state=torch.get_rng_state(), args=vars(args), total_steps=steps)
     if distributed.is_main and start_step < steps:  # a resumed, already finished run trains no step
         print(f"VAR: final loss {loss.item():.4f}; checkpoint {checkpoint_path}")
     if distributed.world_size > 1:

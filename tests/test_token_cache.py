@@ -6,7 +6,9 @@ each make the cache rebuild rather than be read stale, and an unchanged one is r
 mirror image's tokens as its second view. Resume and DDP with the cache are covered by tests/test_scripts.py, whose
 runs use the cache by default.
 """
+import re
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ import train_tokenizer  # noqa: E402
 import train_var  # noqa: E402
 from minvar.checkpoint import load_tokenizer  # noqa: E402
 from minvar.data import ImageFolderDataset, ShapesDataset  # noqa: E402
+from minvar.training import lr_wd_at  # noqa: E402
 from minvar.token_cache import TokenDataset, load_or_build_token_cache  # noqa: E402
 
 VAR_ARGS = ["--device", "cpu", "--num-images", "8", "--batch-size", "4", "--width", "64", "--depth", "1",
@@ -92,3 +95,38 @@ def test_folder_cache_follows_the_files_and_holds_mirror_images(tokenizer_path, 
     load_or_build_token_cache(path, vae, ImageFolderDataset(tmp_path / "data", 32, hflip=True), True,
                               log=messages.append)
     assert "encoding" in messages[-1]
+
+
+def last_logged(out_dir, field: str) -> tuple:
+    """(step, value of `field`) of the last "step N loss ..." line of a run's log.txt."""
+    lines = [line for line in (out_dir / "log.txt").read_text().splitlines() if re.match(r"step \d+ loss", line)]
+    words = lines[-1].split()
+    return int(words[1]), float(words[words.index(field) + 1])
+
+
+@pytest.mark.parametrize("script", ["train_var", "train_tokenizer"])
+def test_minutes_budget_stops_in_time_with_the_schedule_completed(script, tokenizer_path, tmp_path, monkeypatch):
+    """--minutes 0.1: the run chooses a total from its own speed, stops there with the schedule of that total at its
+    end (the last logged lr is the schedule's value at the last step, low in the decay) and records the total in
+    the checkpoint; the wall time stays near the budget."""
+    monkeypatch.setattr(train_var, "sample_grid", lambda *args, **kwargs: None)
+    out = tmp_path / script
+    start = time.perf_counter()
+    if script == "train_var":
+        arguments = [a for a in VAR_ARGS if a not in ("--steps", "5")]
+        train_var.main(["--out-dir", str(out), "--tokenizer", str(tokenizer_path), *arguments, "--minutes", "0.1"])
+        peak = 0.5 * 4 / 256  # base lr × batch / 256
+        expected = lambda step, total: lr_wd_at(step, total, peak, 2)[0]  # noqa: E731
+    else:
+        train_tokenizer.main(["--out-dir", str(out), "--minutes", "0.1", "--device", "cpu", "--num-images", "4",
+                              "--batch-size", "4", "--warmup-steps", "2", "--log-every", "1", "--grid-every", "0",
+                              "--save-every", "0", "--restart-every", "0"])
+        peak = 3e-3
+        expected = lambda step, total: train_tokenizer.cosine_lr(step, total, peak, 2)  # noqa: E731
+    elapsed = time.perf_counter() - start
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    step, lr = last_logged(out, "lr")
+    assert "--minutes 0.1:" in (out / "log.txt").read_text()
+    assert checkpoint["step"] == checkpoint["total_steps"] == checkpoint["args"]["steps"] == step > 3
+    assert lr == pytest.approx(expected(step - 1, step), rel=1e-3) and lr < 0.5 * peak  # decayed to the end
+    assert elapsed < 6 + 30  # 6 s of budget; generous slack for the end-of-run work on a busy machine
