@@ -12,6 +12,7 @@ Zero-shot editing (paper Section 5): in-paint a box, out-paint around it, or reg
     python sample.py --edit photo.png --box 0.25,0.25,0.75,0.75 --mode inpaint --classes "green bar"
 """
 import argparse
+import json
 import os
 import sys
 
@@ -36,13 +37,16 @@ def parse_args(argv=None):
     # 50 per class, as the official FID protocol: Fréchet distances need many images (evaluate.py compares them at
     # matched N); 750 quickstart samples take about 4× the 16-per-class time.
     parser.add_argument("--per-class", type=int, default=50, help="samples per class")
-    parser.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance strength")
+    parser.add_argument("--cfg", type=float, default=None, help="classifier-free guidance strength; default: "
+                        "the run's sampling.json (evaluate.py --sweep), else 4")
     # Quickstart defaults: nucleus sampling at 0.8. Over three quickstart runs (seeds 0-2, 240 samples each), top-p
     # 0.8 against 0.5: judge accuracy 96.7% against 96.8% on average, Fréchet distance 83 against 102, recall 0.31
     # against 0.15; lower top-p collapses each class onto one look. For ImageNet FID use the official --cfg 1.5
     # --top-k 900 --top-p 0.96.
-    parser.add_argument("--top-k", type=int, default=0, help="top-k sampling (0: off, 1: greedy)")
-    parser.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling mass (0: off)")
+    parser.add_argument("--top-k", type=int, default=None, help="top-k sampling (0: off, 1: greedy); default: "
+                        "the run's sampling.json, else 0")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (0: off); default: "
+                        "the run's sampling.json, else 0.8")
     parser.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax soft code vectors (official "
                         "demo option; better visuals, not used for FID)")
     parser.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same samples")
@@ -75,6 +79,24 @@ def load_models(args, device):
     return var.to(device), vae.to(device), class_names
 
 
+BUILT_IN_SAMPLING = {"cfg": 4.0, "top_k": 0, "top_p": 0.8}  # the quickstart's, when a run has no sampling.json
+
+
+def resolve_sampling(args) -> str:
+    """Fill --cfg, --top-k and --top-p left unset: from sampling.json beside the checkpoint (the setting
+    `evaluate.py --sweep` chose by measurement), else the built-in defaults. Returns where they came from."""
+    path = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "sampling.json")
+    chosen, source = dict(BUILT_IN_SAMPLING), "built-in defaults"
+    if os.path.isfile(path):
+        with open(path) as file:
+            chosen.update(json.load(file).get("chosen", {}))
+        source = path
+    for key in ("cfg", "top_k", "top_p"):
+        if getattr(args, key) is None:
+            setattr(args, key, chosen[key])
+    return source
+
+
 def parse_classes(text: str, class_names) -> list:
     """'all', or ids and names mixed: '3,red circle'. Unknown ones are an error that lists the known names."""
     if text == "all":
@@ -101,6 +123,8 @@ def main(argv=None):
     except (CheckpointError, ValueError) as error:
         raise SystemExit(f"error: {error}")
     classes = parse_classes(args.classes, class_names)
+    source = resolve_sampling(args)
+    print(f"sampling: cfg {args.cfg}, top-k {args.top_k}, top-p {args.top_p} (unset ones from {source})")
     os.makedirs(os.path.join(args.out_dir, "images"), exist_ok=True)
 
     if args.edit:  # ---------------------------------------------------------------------------- zero-shot editing

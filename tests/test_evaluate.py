@@ -80,3 +80,36 @@ def test_missing_samples_file_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit) as error:
         evaluate.main(["--samples", str(tmp_path / "nothing.npz")])
     assert "not found" in str(error.value) and "sample.py" in str(error.value)
+
+
+def test_sweep_chooses_the_lowest_distance_and_sample_uses_it(tmp_path, capsys, monkeypatch):
+    """evaluate.py --sweep scores every (cfg, top-k, top-p) setting, records the one with the lowest Fréchet distance
+    among those that meet the accuracy constraint in sampling.json beside the checkpoint, and sample.py then samples
+    with it unless a flag says otherwise."""
+    import sample
+    import train_tokenizer
+    import train_var
+    torch.set_num_threads(1)
+    monkeypatch.setattr(train_var, "sample_grid", lambda *args, **kwargs: None)
+    train_tokenizer.main(["--out-dir", str(tmp_path / "tok"), "--steps", "3", "--device", "cpu", "--num-images", "4",
+                          "--batch-size", "4", "--warmup-steps", "1", "--log-every", "0", "--grid-every", "0"])
+    train_var.main(["--out-dir", str(tmp_path / "var"), "--tokenizer", str(tmp_path / "tok" / "checkpoint.pt"),
+                    "--steps", "3", "--device", "cpu", "--num-images", "8", "--batch-size", "4", "--width", "64",
+                    "--depth", "1", "--log-every", "0", "--sample-every", "0"])
+    checkpoint = tmp_path / "var" / "checkpoint.pt"
+    evaluate.main(["--sweep", "--checkpoint", str(checkpoint), "--sweep-cfg", "1,3", "--sweep-top-p", "0.5",
+                   "--sweep-top-k", "0,5", "--sweep-per-class", "2", "--sweep-min-accuracy", "0", "--num-real", "30",
+                   "--judge", str(tmp_path / "judge.pt"), "--judge-steps", "20"])
+    report = json.loads((tmp_path / "var" / "sampling.json").read_text())
+    assert [(row["cfg"], row["top_k"]) for row in report["sweep"]] == [(1.0, 0), (1.0, 5), (3.0, 0), (3.0, 5)]
+    best = min(report["sweep"], key=lambda row: row["frechet_distance"])  # every row meets accuracy >= 0
+    assert report["chosen"] == {"cfg": best["cfg"], "top_k": best["top_k"], "top_p": 0.5}
+    assert report["real_matched"] == 30 and "frechet_distance_reconstructions" in report
+
+    capsys.readouterr()
+    sample.main(["--checkpoint", str(checkpoint), "--per-class", "1", "--classes", "0", "--out-dir",
+                 str(tmp_path / "samples")])
+    assert f"cfg {best['cfg']}, top-k {best['top_k']}, top-p 0.5" in capsys.readouterr().out
+    sample.main(["--checkpoint", str(checkpoint), "--per-class", "1", "--classes", "0", "--cfg", "2.5", "--out-dir",
+                 str(tmp_path / "samples")])
+    assert f"cfg 2.5, top-k {best['top_k']}, top-p 0.5" in capsys.readouterr().out
