@@ -54,3 +54,16 @@ def test_bench_tokenizer_quick(tmp_path):
     check_rows(table, "tiny", ["train", "encode", "decode"])
     saved = json.loads((tmp_path / "tokenizer.json").read_text())
     assert len(saved["rows"]) == len(table) and saved["vqvae_config"]["image_size"] == 32
+
+
+def test_bench_token_cache_quick(tmp_path):
+    """bench_token_cache.py --quick times train_var.py's step with and without the token cache, interleaved."""
+    path = tmp_path / "cache.json"
+    result = subprocess.run([sys.executable, str(BENCH / "bench_token_cache.py"), "--quick", "--json", str(path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads(path.read_text())
+    assert [row["variant"] for row in saved["rows"]] == ["on the fly", "cache"]
+    for row in saved["rows"]:
+        assert 0 < row["min"] <= row["steps_per_s"] <= row["max"]
+    assert saved["speedup"] == pytest.approx(saved["rows"][1]["steps_per_s"] / saved["rows"][0]["steps_per_s"])
