@@ -1,7 +1,8 @@
 """Benchmark train_var.py's step with and without the token cache (minvar/token_cache.py).
 
 What is timed: the whole training step of the quickstart as train_var.py runs it, data included.
-    on the fly  read B built-in shapes images (drawn with PIL), encode them with the tokenizer (Algorithm 1),
+    on the fly  read B images (built-in shapes drawn with PIL, or --data-path files: decode, resize, random crop),
+                encode them with the tokenizer (Algorithm 1),
                 build the teacher-forcing input, forward + backward + AdamW step of the VAR
     cache       read B items of the token cache (uint16 → int64), split them into scales, build the
                 teacher-forcing input, the same VAR step
@@ -11,6 +12,7 @@ steps/s over the blocks. The one-time cost of building the cache is timed too (i
 Weights are random (the tiny presets): the cost of the arithmetic does not depend on them.
 
     python bench/bench_token_cache.py --threads 1          # the quickstart's shapes: batch 16, tiny VAR and VQVAE
+    python bench/bench_token_cache.py --data-path /tmp/digits --threads 1   # an image folder (32 px)
     python bench/bench_token_cache.py --quick              # seconds; what tests/test_bench.py runs
 
 Shape legend: B batch, L = Σ pn² tokens over the K scales, Cvae codebook dim.
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from minvar import VAR, VQVAE, VARConfig
-from minvar.data import ShapesDataset
+from minvar.data import build_dataset
 from minvar.token_cache import TokenDataset, encode_dataset
 from minvar.var import VAR_PRESETS
 from minvar.vqvae import VQVAE_PRESETS
@@ -37,7 +39,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=16, help="images per step (the quickstart's)")
-    parser.add_argument("--num-images", type=int, default=2000, help="images in the dataset and the cache")
+    parser.add_argument("--num-images", type=int, default=2000, help="images in the built-in dataset and the cache")
+    parser.add_argument("--data-path", default=None, help="an image folder instead of the built-in shapes")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per block")
     parser.add_argument("--repeats", type=int, default=5, help="blocks per variant, interleaved")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -53,7 +56,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     vae = VQVAE(VQVAE_PRESETS["tiny"]).eval()
-    dataset = ShapesDataset(args.num_images, vae.config.image_size, seed=0)
+    dataset = build_dataset(args.data_path, vae.config.image_size, train=True, num_images=args.num_images)
+    args.num_images = len(dataset)
     config = VARConfig(**{**vars(VAR_PRESETS["tiny"]), "num_classes": dataset.num_classes,
                           "vocab_size": vae.quantize.vocab_size, "code_dim": vae.quantize.code_dim,
                           "patch_nums": tuple(vae.patch_nums)})
@@ -100,7 +104,8 @@ def main(argv=None):
             rates[name].append(args.steps / (time.perf_counter() - start))
 
     cpu = platform.processor() or platform.machine()
-    print(f"# {cpu}, torch {torch.__version__}, {args.threads} thread(s), batch {args.batch_size}, "
+    print(f"# {args.data_path or 'built-in shapes'}, {cpu}, torch {torch.__version__}, {args.threads} thread(s), "
+          f"batch {args.batch_size}, "
           f"{args.repeats} interleaved blocks of {args.steps} steps")
     print(f"{'variant':<12}  {'steps/s (median)':>16}  {'range':>15}")
     print(f"{'-' * 12}  {'-' * 16}  {'-' * 15}")
