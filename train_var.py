@@ -2,7 +2,8 @@
 
 Every step: tokens of all K scales (Algorithm 1 by the frozen VQVAE, read from a token cache that encodes the
 dataset once, or encoded on the fly as the official trainer with --encode-on-the-fly) -> teacher-forcing input
-(cumulative f̂ downsampled to each next scale) -> one block-causal forward that predicts every scale at once -> cross entropy over all L tokens (uniform weights, as official).
+(cumulative f̂ downsampled to each next scale) -> one block-causal forward that predicts every scale at once
+-> cross entropy over all L tokens (uniform weights, as official).
 
 Quickstart on the built-in shapes dataset (measured 14.9 min on 2 idle CPU cores, after train_tokenizer.py):
     python train_var.py
