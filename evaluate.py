@@ -23,8 +23,8 @@ come from OpenAI's guided-diffusion evaluator run on sample.py's samples.npz and
 
 Sampling settings chosen by measurement: --sweep generates --sweep-per-class samples per class for every
 combination of guidance, top-k and top-p (a seed of their own, apart from sample.py's), scores each as above, and
-picks the lowest Fréchet distance among the settings whose judge accuracy is at least --sweep-min-accuracy (the
-highest accuracy if none reaches it). The choice goes to sampling.json beside the VAR checkpoint, and sample.py
+picks the lowest Fréchet distance among the settings whose judge accuracy is at least --sweep-min-accuracy (or
+within 2 points of the best setting's, if none reaches it). The choice goes to sampling.json beside the VAR checkpoint, and sample.py
 uses it unless told otherwise:
     python evaluate.py --sweep                          # the quickstart's runs/var/checkpoint.pt
 """
@@ -205,12 +205,14 @@ def main(argv=None):
                    "frechet_distance": result["fid"], "precision": result["precision"], "recall": result["recall"]}
             report["sweep"].append(row)
             print(json.dumps(row))
-        eligible = [row for row in report["sweep"] if (row["judge_accuracy"] or 0) >= args.sweep_min_accuracy]
-        best = min(eligible, key=lambda row: row["frechet_distance"]) if eligible else \
-            max(report["sweep"], key=lambda row: row["judge_accuracy"] or 0)
+        # the constraint: --sweep-min-accuracy, or, if no setting reaches it, within 2 points of the best setting
+        # (differences of a point are noise at a few hundred samples; a bare "most accurate" would pick noise)
+        best_accuracy = max(row["judge_accuracy"] or 0 for row in report["sweep"])
+        needed = min(args.sweep_min_accuracy, best_accuracy - 0.02)
+        eligible = [row for row in report["sweep"] if (row["judge_accuracy"] or 0) >= needed]
+        best = min(eligible, key=lambda row: row["frechet_distance"])
         report["chosen"] = {key: best[key] for key in ("cfg", "top_k", "top_p")}
-        report["chosen_by"] = (f"lowest Fréchet distance with judge accuracy >= {args.sweep_min_accuracy}"
-                               if eligible else f"no setting reached {args.sweep_min_accuracy}: highest accuracy")
+        report["chosen_by"] = f"lowest Fréchet distance among the settings with judge accuracy >= {needed:.4f}"
         out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "sampling.json")
     else:
         result = score(judge, extractor, reference_features, fake, fake_labels, names)
