@@ -68,9 +68,10 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(var.parameter_groups(0.05), lr=1e-4, betas=(0.9, 0.95))
     scale_lengths = [pn * pn for pn in vae.patch_nums]
 
-    start = time.perf_counter()
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    start = clock()
     tokens = TokenDataset(encode_dataset(vae, dataset, hflip=False, progress=False))
-    build_seconds = time.perf_counter() - start
+    build_seconds = clock() - start
 
     def step(indices, cached: bool) -> None:
         """One train_var.py step on the items `indices`, reading tokens from the cache or encoding images."""
@@ -91,7 +92,6 @@ def main(argv=None):
         loss.backward()
         optimizer.step()
 
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
     rates = {"on the fly": [], "cache": []}
     order = torch.randperm(args.num_images).tolist()
     position = 0
