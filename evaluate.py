@@ -74,9 +74,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def stack(dataset, count: int) -> tuple:
-    """The first `count` items of a dataset as (images (N, 3, H, W), labels (N,))."""
-    items = [dataset[i] for i in range(min(count, len(dataset)))]
+def stack(dataset, count: int, seed: int = 0) -> tuple:
+    """`count` items of a dataset in a seeded random order, as (images (N, 3, H, W), labels (N,)).
+
+    Random, not the first ones: an image folder lists its classes one after another, so a prefix would hold only
+    the first classes, and two slices of it (reference and floor) would hold different classes.
+    """
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    items = [dataset[i] for i in order]
     return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
 
 
@@ -91,7 +96,7 @@ def real_images(args, size: int, matched: int):
     if reference_count < 4:
         raise SystemExit(f"error: {len(real_set)} held-out real images cannot hold a reference set beside "
                          f"{matched} matched ones: sample fewer images (sample.py --per-class) or add real images")
-    real, real_labels = stack(real_set, reference_count + matched)
+    real, real_labels = stack(real_set, reference_count + matched, args.seed)
     names = getattr(real_set, "class_names", None)
     return real[:reference_count], real[reference_count:], real_labels[reference_count:], train_set, names
 

@@ -113,3 +113,19 @@ def test_sweep_chooses_the_lowest_distance_and_sample_uses_it(tmp_path, capsys, 
     sample.main(["--checkpoint", str(checkpoint), "--per-class", "1", "--classes", "0", "--cfg", "2.5", "--out-dir",
                  str(tmp_path / "samples")])
     assert f"cfg 2.5, top-k {best['top_k']}, top-p 0.5" in capsys.readouterr().out
+
+
+def test_real_sets_of_an_image_folder_mix_its_classes(tmp_path):
+    """An image folder lists its classes one after another; the reference set and the floor's matched set must each
+    hold every class (a prefix split put classes 0-5 in one and 5-9 in the other: a floor 3× the samples' distance)."""
+    from PIL import Image
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(6):
+            Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(tmp_path / name / f"{i}.png")
+    args = evaluate.parse_args(["--data-path", str(tmp_path), "--num-real", "6"])
+    reference, held_out, held_out_labels, _, names = evaluate.real_images(args, 32, 6)
+    assert len(reference) == len(held_out) == 6 and names == ["a", "b"]
+    assert set(held_out_labels.tolist()) == {0, 1}
+    reference_labels = evaluate.stack(evaluate.build_dataset(str(tmp_path), 32, train=False), 12, args.seed)[1][:6]
+    assert set(reference_labels.tolist()) == {0, 1}
