@@ -213,7 +213,7 @@ def main(argv=None):
         # the constraint: --sweep-min-accuracy, or, if no setting reaches it, within 2 points of the best setting
         # (differences of a point are noise at a few hundred samples; a bare "most accurate" would pick noise)
         best_accuracy = max(row["judge_accuracy"] or 0 for row in report["sweep"])
-        needed = min(args.sweep_min_accuracy, best_accuracy - 0.02)
+        needed = args.sweep_min_accuracy if best_accuracy >= args.sweep_min_accuracy else best_accuracy - 0.02
         eligible = [row for row in report["sweep"] if (row["judge_accuracy"] or 0) >= needed]
         best = min(eligible, key=lambda row: row["frechet_distance"])
         report["chosen"] = {key: best[key] for key in ("cfg", "top_k", "top_p")}
