@@ -4,9 +4,15 @@ For the built-in shapes dataset the feature extractor is the "judge", a small cl
 (cached in --judge). It reports, each beside its floor or ceiling:
   * class accuracy: share of samples that the judge assigns to their conditioning class, beside its accuracy on
     real held-out images and on tokenizer reconstructions of them (the ceiling a VAR on that tokenizer can reach);
-  * Fréchet distance in judge-feature space, samples vs real, beside real vs real (two disjoint real sets: the floor);
-  * precision / recall with k=3 nearest-neighbour manifolds (Kynkäänniemi et al. 2019), beside real vs real.
+  * Fréchet distance in judge-feature space, samples vs real, beside real vs real (the floor) and tokenizer
+    reconstructions vs real (the ceiling: a VAR on this tokenizer cannot do better than its reconstructions);
+  * precision / recall with k=3 nearest-neighbour manifolds (Kynkäänniemi et al. 2019), beside the same two.
 Accuracy alone can be fooled (one perfect image per class would score 100%); FD and recall catch a lack of variety.
+
+Matched N: the Fréchet distance is biased upward when few images are compared (a noisy covariance adds distance),
+so a floor from 1,500 real images beside 240 samples would overstate the gap. Here the samples, the floor's second
+real set and the reconstructions all have as many images as the samples, and all three are compared with the same
+reference set of --num-real held-out real images.
 
 With --inception-weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth, never downloaded), the same
 numbers use Inception-v3 pool features, plus the Inception Score. NOTE: ImageNet numbers comparable with papers
@@ -14,6 +20,13 @@ come from OpenAI's guided-diffusion evaluator run on sample.py's samples.npz and
 
     python evaluate.py                                  # the quickstart's runs/samples/samples.npz
     python evaluate.py --samples my.npz --data-path /data/imagenet/val --inception-weights pt_inception.pth
+
+Sampling settings chosen by measurement: --sweep generates --sweep-per-class samples per class for every
+combination of guidance, top-k and top-p (a seed of their own, apart from sample.py's), scores each as above, and
+picks the lowest Fréchet distance among the settings whose judge accuracy is at least --sweep-min-accuracy (or
+within 2 points of the best setting's, if none reaches it). The choice goes to sampling.json beside the VAR checkpoint, and sample.py
+uses it unless told otherwise:
+    python evaluate.py --sweep                          # the quickstart's runs/var/checkpoint.pt
 """
 import argparse
 import hashlib
@@ -25,10 +38,11 @@ import numpy as np
 import torch
 
 from minvar.checkpoint import CheckpointError, load_tokenizer
-from minvar.data import DataError, build_dataset, from_uint8_images
+from minvar.data import DataError, build_dataset, from_uint8_images, to_uint8_images
 from minvar.judge import evaluate_accuracy, judge_predict, load_judge, save_judge, train_judge
-from minvar.metrics import frechet_distance_from_features, inception_score, precision_recall
-from minvar.training import positive_int
+from minvar.metrics import compare_features, extract_features
+from minvar.sampling import generate
+from minvar.training import non_negative_int, positive_int, probability
 
 
 def parse_args(argv=None):
@@ -43,16 +57,50 @@ def parse_args(argv=None):
     parser.add_argument("--judge-steps", type=positive_int, default=600, help="training steps of a new judge")
     parser.add_argument("--inception-weights", default=None, help="pytorch-fid Inception weights file: use "
                         "Inception features instead of the judge's")
-    parser.add_argument("--num-real", type=positive_int, default=1500, help="real images per reference set")
+    parser.add_argument("--num-real", type=positive_int, default=1500, help="real images in the reference set; the floor's "
+                        "second real set and the reconstructions have as many images as the samples")
     parser.add_argument("--seed", type=int, default=0, help="seed of the built-in dataset")
     parser.add_argument("--out", default=None, help="JSON report path (default: beside the samples)")
+    # sweep of the sampling settings
+    parser.add_argument("--sweep", action="store_true", help="sweep guidance and top-k/top-p of --checkpoint "
+                        "instead of scoring --samples; writes sampling.json beside the checkpoint")
+    parser.add_argument("--checkpoint", default="runs/var/checkpoint.pt", help="the VAR run to sweep")
+    parser.add_argument("--sweep-cfg", default="2,3,4,5", help="guidance strengths to try (comma-separated)")
+    parser.add_argument("--sweep-top-k", default="0", help="top-k values to try (0: off)")
+    parser.add_argument("--sweep-top-p", default="0.6,0.8,0.95", help="top-p values to try (0: off)")
+    parser.add_argument("--sweep-per-class", type=positive_int, default=20, help="samples per class for each setting")
+    parser.add_argument("--sweep-min-accuracy", type=probability, default=0.95, help="judge accuracy a setting needs "
+                        "to be chosen for its Fréchet distance")
+    parser.add_argument("--sweep-seed", type=int, default=1_000, help="sampling seed of the sweep (sample.py's "
+                        "report uses its own --seed, 0 by default, so the choice is scored on other samples)")
     return parser.parse_args(argv)
 
 
-def stack(dataset, count: int) -> tuple:
-    """The first `count` items of a dataset as (images (N, 3, H, W), labels (N,))."""
-    items = [dataset[i] for i in range(min(count, len(dataset)))]
+def stack(dataset, count: int, seed: int = 0) -> tuple:
+    """`count` items of a dataset in a seeded random order, as (images (N, 3, H, W), labels (N,)).
+
+    Random, not the first ones: an image folder lists its classes one after another, so a prefix would hold only
+    the first classes, and two slices of it (reference and floor) would hold different classes.
+    """
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    items = [dataset[i] for i in order]
     return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
+
+
+def real_images(args, size: int, matched: int):
+    """(reference (M, 3, H, W), held-out set of `matched` images and their labels, the training set, class names)."""
+    try:
+        real_set = build_dataset(args.data_path, size, train=False, num_images=args.num_real + matched, seed=args.seed)
+        train_set = build_dataset(args.data_path, size, train=True, num_images=20_000, seed=args.seed)
+    except DataError as error:
+        raise SystemExit(f"error: {error}")
+    reference_count = min(args.num_real, len(real_set) - matched)
+    if reference_count < 4:
+        raise SystemExit(f"error: {len(real_set)} held-out real images cannot hold a reference set beside "
+                         f"{matched} matched ones: sample fewer images (sample.py --per-class) or add real images")
+    real, real_labels = stack(real_set, reference_count + matched, args.seed)
+    names = getattr(real_set, "class_names", None)
+    return real[:reference_count], real[reference_count:], real_labels[reference_count:], train_set, names
 
 
 def data_fingerprint(data_path, train_set, image_size: int) -> dict:
@@ -70,28 +118,12 @@ def data_fingerprint(data_path, train_set, image_size: int) -> dict:
             "listing_sha256": hashlib.sha256(listing.encode()).hexdigest(), "image_size": image_size}
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if not os.path.isfile(args.samples):
-        raise SystemExit(f"error: {args.samples} not found: run sample.py first (or pass --samples)")
-    data = np.load(args.samples)
-    fake = from_uint8_images(data["arr_0"])  # (N, 3, H, W) in [-1, 1]
-    fake_labels = torch.from_numpy(data["labels"]) if "labels" in data else None
-    size = fake.shape[-1]
+def get_judge(args, train_set, image_size: int):
+    """The judge from its file if it was trained on this data, else trained on the real training images and saved.
 
-    # 1. real reference sets: two disjoint ones, so that "real vs real" gives the floor of every distance
-    try:
-        real_set = build_dataset(args.data_path, size, train=False, num_images=2 * args.num_real, seed=args.seed)
-        train_set = build_dataset(args.data_path, size, train=True, num_images=20_000, seed=args.seed)
-    except DataError as error:
-        raise SystemExit(f"error: {error}")
-    real, real_labels = stack(real_set, 2 * args.num_real)
-    half = len(real) // 2
-    real_a, real_b, labels_a = real[:half], real[half:], real_labels[:half]
-
-    # 2. the judge (always: class accuracy needs a classifier of the real classes)
-    # A judge file remembers the data it was trained on: scoring other data with it would measure the wrong classes.
-    fingerprint = data_fingerprint(args.data_path, train_set, size)
+    A judge file remembers the data it was trained on: scoring other data with it would measure the wrong classes.
+    """
+    fingerprint = data_fingerprint(args.data_path, train_set, image_size)
     judge = load_judge(args.judge) if os.path.isfile(args.judge) else None
     if judge is not None and judge.trained_on != fingerprint:
         print(f"{args.judge} was trained on other data ({judge.trained_on or 'not recorded'}); this evaluation's "
@@ -101,49 +133,140 @@ def main(argv=None):
         judge = train_judge(train_set, steps=args.judge_steps, seed=args.seed)
         os.makedirs(os.path.dirname(os.path.abspath(args.judge)), exist_ok=True)
         save_judge(judge, args.judge, data=fingerprint)
-    report = {"samples": len(fake), "real_per_set": half, "judge_accuracy_real": evaluate_accuracy(judge, real_a,
-                                                                                                 labels_a)}
-    if os.path.isfile(args.tokenizer):
-        try:
-            vae = load_tokenizer(args.tokenizer)
-        except CheckpointError as error:
-            raise SystemExit(f"error: --tokenizer: {error}")
-        if vae.config.image_size == size:
-            with torch.no_grad():
-                reconstructions = torch.cat([vae.idx_to_img(vae.img_to_idx(real_a[i:i + 256]))
-                                             for i in range(0, half, 256)])
-            report["judge_accuracy_reconstructions"] = evaluate_accuracy(judge, reconstructions, labels_a)
-    if fake_labels is not None and int(fake_labels.max()) < judge.config.num_classes:
-        hits = judge_predict(judge, fake)[0].argmax(dim=-1) == fake_labels  # (N,) judged as their own class
-        report["judge_accuracy_samples"] = hits.float().mean().item()
-        # per class: which classes the model draws well (e.g. rings) and which it does not (e.g. triangles)
-        names = getattr(real_set, "class_names", None) or [str(c) for c in range(judge.config.num_classes)]
-        report["judge_accuracy_samples_per_class"] = {names[c]: round(hits[fake_labels == c].float().mean().item(), 4)
-                                                      for c in sorted(set(fake_labels.tolist()))}
+    return judge
 
-    # 3. distribution metrics in the chosen feature space
+
+def score(judge, extractor, reference_features, images, labels=None, names=None) -> dict:
+    """Judge accuracy (given labels) and distances of `images` to the reference features."""
+    result = {}
+    if labels is not None and int(labels.max()) < judge.config.num_classes:
+        hits = judge_predict(judge, images)[0].argmax(dim=-1) == labels  # (N,) judged as their own class
+        result["judge_accuracy"] = hits.float().mean().item()
+        names = names or [str(c) for c in range(judge.config.num_classes)]
+        # per class: which classes the model draws well (e.g. rings) and which it does not (e.g. triangles)
+        result["judge_accuracy_per_class"] = {names[c]: round(hits[labels == c].float().mean().item(), 4)
+                                              for c in sorted(set(labels.tolist()))}
+    probs, features = extract_features(extractor, images, batch_size=50)  # (N, C) or None, (N, D)
+    result.update(compare_features(reference_features, features, probs, k=3))
+    return result
+
+
+def parse_values(text: str, kind):
+    """'2,3,4' -> [2, 3, 4] of `kind`, with an error that names the flag's text."""
+    try:
+        return [kind(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        raise SystemExit(f"error: cannot read {text!r} as comma-separated {kind.__name__} values")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.sweep:
+        from sample import load_models  # the scripts sit side by side; sample.py owns the checkpoint loading
+        try:
+            var, vae, class_names = load_models(argparse.Namespace(checkpoint=args.checkpoint, tokenizer=None,
+                                                                   no_ema=False), torch.device("cpu"))
+        except (CheckpointError, ValueError, FileNotFoundError) as error:
+            raise SystemExit(f"error: --checkpoint {args.checkpoint}: {error}")
+        size = vae.config.image_size
+        fake_labels = torch.arange(var.num_classes).repeat_interleave(args.sweep_per_class)  # (N,)
+        fake = None
+    else:
+        if not os.path.isfile(args.samples):
+            raise SystemExit(f"error: {args.samples} not found: run sample.py first (or pass --samples)")
+        data = np.load(args.samples)
+        fake = from_uint8_images(data["arr_0"])  # (N, 3, H, W) in [-1, 1]
+        fake_labels = torch.from_numpy(data["labels"]) if "labels" in data else None
+        size = fake.shape[-1]
+
+    # 1. real images: a reference set, and a second held-out set of as many images as the samples (matched N)
+    matched = len(fake_labels) if fake is None else len(fake)
+    reference, held_out, held_out_labels, train_set, names = real_images(args, size, matched)
+
+    # 2. the judge (always: class accuracy needs a classifier of the real classes)
+    judge = get_judge(args, train_set, size)
     if args.inception_weights:
         from minvar.inception import InceptionV3Features
-        extractor = InceptionV3Features(args.inception_weights)
-        features = lambda images: torch.cat([extractor(images[i:i + 50])[1] for i in range(0, len(images), 50)])
-        probs_fake = torch.cat([extractor(fake[i:i + 50])[0] for i in range(0, len(fake), 50)])
-        report["inception_score"] = inception_score(probs_fake)[0]
-        report["feature_space"] = "inception-v3 pool3"
+        extractor = InceptionV3Features(args.inception_weights)  # images -> (class probabilities, pool features)
+        feature_space = "inception-v3 pool3"
     else:
-        features = lambda images: judge_predict(judge, images)[1]
-        report["feature_space"] = "judge penultimate layer"
-    feats_a, feats_b, feats_fake = features(real_a), features(real_b), features(fake)
-    report["frechet_distance_samples"] = frechet_distance_from_features(feats_a, feats_fake)
-    report["frechet_distance_real_floor"] = frechet_distance_from_features(feats_a, feats_b)
-    report["precision_samples"], report["recall_samples"] = precision_recall(feats_a, feats_fake, k=3)
-    report["precision_real"], report["recall_real"] = precision_recall(feats_a, feats_b, k=3)
+        extractor = lambda images: (None, judge_predict(judge, images)[1])  # noqa: E731 (penultimate layer)
+        feature_space = "judge penultimate layer"
+    _, reference_features = extract_features(extractor, reference, batch_size=50)  # (M, D)
 
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.samples)), "evaluation.json")
+    # 3. the floor (real vs real) and the ceiling (tokenizer reconstructions vs real), at the samples' N
+    report = {"samples": matched, "real_reference": len(reference), "real_matched": len(held_out),
+              "feature_space": feature_space}
+    real_scores = score(judge, extractor, reference_features, held_out, held_out_labels, names)
+    report["judge_accuracy_real"] = real_scores["judge_accuracy"]
+    report["frechet_distance_real_floor"] = real_scores["fid"]
+    report["precision_real"], report["recall_real"] = real_scores["precision"], real_scores["recall"]
+    tokenizer = args.tokenizer if not args.sweep else None
+    vae_for_reconstructions = vae if args.sweep else None
+    if tokenizer and os.path.isfile(tokenizer):
+        try:
+            vae_for_reconstructions = load_tokenizer(tokenizer)
+        except CheckpointError as error:
+            raise SystemExit(f"error: --tokenizer: {error}")
+    if vae_for_reconstructions is not None and vae_for_reconstructions.config.image_size == size:
+        with torch.no_grad():
+            reconstructions = torch.cat([vae_for_reconstructions.idx_to_img(vae_for_reconstructions.img_to_idx(
+                held_out[i:i + 256])) for i in range(0, len(held_out), 256)])  # (matched, 3, H, W)
+        rec_scores = score(judge, extractor, reference_features, reconstructions, held_out_labels, names)
+        report["judge_accuracy_reconstructions"] = rec_scores["judge_accuracy"]
+        report["frechet_distance_reconstructions"] = rec_scores["fid"]
+        report["precision_reconstructions"] = rec_scores["precision"]
+        report["recall_reconstructions"] = rec_scores["recall"]
+
+    # 4. the samples: one set from --samples, or one per setting of the sweep
+    if args.sweep:
+        report["sweep"] = []
+        settings = [(cfg, top_k, top_p) for cfg in parse_values(args.sweep_cfg, float)
+                    for top_k in parse_values(args.sweep_top_k, int) for top_p in parse_values(args.sweep_top_p, float)]
+        for cfg, top_k, top_p in settings:
+            with torch.no_grad():
+                images = torch.cat([generate(var, vae, fake_labels[i:i + 100].tolist(), cfg=cfg, top_k=top_k,
+                                             top_p=top_p, seed=args.sweep_seed + i)
+                                    for i in range(0, matched, 100)]) * 2 - 1  # (N, 3, H, W) in [-1, 1]
+            # the same uint8 rounding as samples.npz, so a setting scores as sample.py's files would
+            images = from_uint8_images(to_uint8_images(images))
+            result = score(judge, extractor, reference_features, images, fake_labels, names)
+            row = {"cfg": cfg, "top_k": top_k, "top_p": top_p, "judge_accuracy": result.get("judge_accuracy"),
+                   "frechet_distance": result["fid"], "precision": result["precision"], "recall": result["recall"]}
+            report["sweep"].append(row)
+            print(json.dumps(row))
+        # the constraint: --sweep-min-accuracy, or, if no setting reaches it, within 2 points of the best setting
+        # (differences of a point are noise at a few hundred samples; a bare "most accurate" would pick noise)
+        best_accuracy = max(row["judge_accuracy"] or 0 for row in report["sweep"])
+        needed = args.sweep_min_accuracy if best_accuracy >= args.sweep_min_accuracy else best_accuracy - 0.02
+        eligible = [row for row in report["sweep"] if (row["judge_accuracy"] or 0) >= needed]
+        best = min(eligible, key=lambda row: row["frechet_distance"])
+        report["chosen"] = {key: best[key] for key in ("cfg", "top_k", "top_p")}
+        report["chosen_by"] = f"lowest Fréchet distance among the settings with judge accuracy >= {needed:.4f}"
+        out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "sampling.json")
+    else:
+        result = score(judge, extractor, reference_features, fake, fake_labels, names)
+        if "judge_accuracy" in result:
+            report["judge_accuracy_samples"] = result["judge_accuracy"]
+            report["judge_accuracy_samples_per_class"] = result["judge_accuracy_per_class"]
+        report["frechet_distance_samples"] = result["fid"]
+        report["precision_samples"], report["recall_samples"] = result["precision"], result["recall"]
+        if "inception_score" in result:
+            report["inception_score"] = result["inception_score"]
+        out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.samples)), "evaluation.json")
+        # the two ratios the issue asks about: how far the samples are from real images and from the tokenizer
+        report["frechet_distance_samples_over_floor"] = report["frechet_distance_samples"] / max(
+            report["frechet_distance_real_floor"], 1e-12)
+        if "frechet_distance_reconstructions" in report:
+            report["frechet_distance_samples_over_reconstructions"] = report["frechet_distance_samples"] / max(
+                report["frechet_distance_reconstructions"], 1e-12)
+
     with open(out, "w") as file:
         json.dump(report, file, indent=1)
     width = max(len(k) for k in report)
     for key, value in report.items():
-        print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+        if key != "sweep":
+            print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
     print(f"wrote {out}")
 
 

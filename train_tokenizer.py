@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +25,8 @@ from tqdm import tqdm
 from minvar.checkpoint import CheckpointError, config_from_dict, save_checkpoint
 from minvar.data import DataError, build_dataset, save_image_grid
 from minvar.metrics import codebook_usage, psnr
-from minvar.training import (RunLog, add_common_arguments, all_reduce_mean, autocast, end_distributed, is_due,
-                             make_loader, non_negative_float, non_negative_int, positive_float, positive_int,
+from minvar.training import (RunLog, TimeBudget, add_common_arguments, all_reduce_mean, autocast, end_distributed,
+                             is_due, make_loader, non_negative_float, non_negative_int, positive_float, positive_int,
                              probability, resolve_device, resolve_precision, resume_from, set_threads,
                              setup_distributed, unwrap, wrap_ddp)
 from minvar.vqvae import VQVAE, VQVAE_PRESETS, VQVAEConfig
@@ -43,6 +44,9 @@ def parse_args(argv=None):
     # optimisation. Quickstart: 600 steps × 16 images in 2.5 minutes; batch 16 trains 74 images/s on 2 CPU threads
     # against 56 at batch 8, and 1000 × 8 once gave a tokenizer that drew green and blue alike (README).
     parser.add_argument("--steps", type=positive_int, default=600, help="training steps")
+    parser.add_argument("--minutes", type=positive_float, default=None, help="train for this long instead of "
+                        "--steps: the run times its first steps and sets the total so that the lr decay completes "
+                        "in time")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="images per step per process")
     parser.add_argument("--learning-rate", type=positive_float, default=3e-3, help="peak Adam learning rate")
     parser.add_argument("--warmup-steps", type=non_negative_int, default=50,
@@ -105,6 +109,7 @@ def evaluate(vae: VQVAE, images: torch.Tensor) -> dict:
 
 def main(argv=None):
     # 1. config -------------------------------------------------------------------------------------------------
+    started = time.perf_counter()  # a --minutes budget counts from here
     args = parse_args(argv)
     distributed = setup_distributed(args.device)
     device = resolve_device(args.device, distributed)
@@ -160,6 +165,9 @@ def main(argv=None):
             disc_optimizer.load_state_dict(resumed["disc_optimizer"])
         start_step = resumed["step"]
         log.write(f"resumed from step {start_step}")
+        if (resumed.get("args") or {}).get("minutes"):  # the total that --minutes chose; never re-measured
+            args.steps = resumed["total_steps"]
+    budget = TimeBudget(args.minutes, start_step, started) if args.minutes and start_step == 0 else None
     model = wrap_ddp(vae, distributed, device)
     if discriminator is not None:
         discriminator = wrap_ddp(discriminator, distributed, device)
@@ -168,12 +176,16 @@ def main(argv=None):
         restart_generator.set_state(resumed["restart_rng"].to("cpu") if device.type == "cpu" else resumed["restart_rng"])
 
     # 5. train loop ---------------------------------------------------------------------------------------------
-    loader = make_loader(train_set, args.batch_size, args.seed, start_step, args.steps, distributed, args.workers)
+    # with a budget the loader runs on (its batches are pure functions of the step) until the chosen total
+    loader = make_loader(train_set, args.batch_size, args.seed, start_step,
+                         args.steps if budget is None else 10 ** 12, distributed, args.workers)
     log.start(start_step)
     bar = tqdm(loader, initial=start_step, total=args.steps, disable=not distributed.is_main, desc="tokenizer",
                dynamic_ncols=True)
     vae.train()
     for step, (images, _) in enumerate(bar, start=start_step):
+        if step >= args.steps:
+            break
         images = images.to(device, non_blocking=True)
         lr = cosine_lr(step, args.steps, args.learning_rate, args.warmup_steps)
         for group in optimizer.param_groups:
@@ -223,6 +235,11 @@ def main(argv=None):
             bar.set_postfix(loss=f"{loss.item():.4f}", rec=f"{rec_loss.item():.4f}", vq=f"{vq_loss.item():.4f}",
                             lr=f"{lr:.1e}")
         done = step + 1
+        chosen = budget.total_steps(done, distributed) if budget is not None else None
+        if chosen is not None:
+            args.steps = bar.total = max(chosen, done)
+            log.write(f"--minutes {args.minutes}: {budget.seconds_per_step:.3f} s per step from step "
+                      f"{budget.begin_step} to {done}, so {args.steps} steps in all")
         if is_due(done, args.log_every, args.steps):
             alive = (vae.quantize.ema_vocab_hit_SV > args.dead_code_threshold).float().mean(dim=1).tolist()
             mean_loss = all_reduce_mean(loss.detach(), distributed).item()
@@ -238,7 +255,8 @@ def main(argv=None):
             log.write(f"step {done} held-out {json.dumps(metrics)}")
         if distributed.is_main and is_due(done, args.save_every, args.steps):
             save_checkpoint(checkpoint_path, "minvar-tokenizer", vae, config, done, train_set.class_names,
-                            optimizer, args=vars(args), restart_rng=restart_generator.get_state(),
+                            optimizer, args=vars(args), total_steps=args.steps,
+                            restart_rng=restart_generator.get_state(),
                             discriminator=unwrap(discriminator).state_dict() if discriminator is not None else None,
                             disc_optimizer=disc_optimizer.state_dict() if disc_optimizer is not None else None)
     if distributed.is_main:

@@ -1,8 +1,9 @@
 """Train the next-scale prediction transformer (stage 2 of VAR) on a frozen tokenizer.
 
-Every step: images -> tokens of all K scales with the frozen VQVAE (Algorithm 1, fp32, on the fly as the official
-trainer) -> teacher-forcing input (cumulative f̂ downsampled to each next scale) -> one block-causal forward that
-predicts every scale at once -> cross entropy over all L tokens (uniform weights, as official).
+Every step: tokens of all K scales (Algorithm 1 by the frozen VQVAE, read from a token cache that encodes the
+dataset once, or encoded on the fly as the official trainer with --encode-on-the-fly) -> teacher-forcing input
+(cumulative f̂ downsampled to each next scale) -> one block-causal forward that predicts every scale at once
+-> cross entropy over all L tokens (uniform weights, as official).
 
 Quickstart on the built-in shapes dataset (measured 14.9 min on 2 idle CPU cores, after train_tokenizer.py):
     python train_var.py
@@ -15,6 +16,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +26,9 @@ from minvar.checkpoint import CheckpointError, config_from_dict, load_tokenizer,
 from minvar.data import DataError, build_dataset, save_image_grid
 from minvar.flops import mfu, peak_flops, var_training_flops
 from minvar.sampling import check_pair, generate
-from minvar.training import (EMA, RunLog, add_common_arguments, all_reduce_mean, autocast, end_distributed, is_due,
-                             lr_wd_at, make_loader, non_negative_float, non_negative_int, positive_float,
+from minvar.token_cache import TokenDataset, load_or_build_token_cache
+from minvar.training import (EMA, RunLog, TimeBudget, add_common_arguments, all_reduce_mean, autocast, end_distributed,
+                             is_due, lr_wd_at, make_loader, non_negative_float, non_negative_int, positive_float,
                              positive_int, probability, resolve_device, resolve_precision, resume_from, set_lr_wd,
                              set_threads, setup_distributed, step_generator, wrap_ddp)
 from minvar.var import VAR, VAR_PRESETS, VARConfig
@@ -56,6 +59,8 @@ def parse_args(argv=None):
     add_common_arguments(parser, "runs/var", None, "training resolution; default: the tokenizer's own")
     parser.add_argument("--tokenizer", default="runs/tokenizer/checkpoint.pt", help="a train_tokenizer.py "
                         "checkpoint, or the official vae_ch160v4096z32.pth")
+    parser.add_argument("--encode-on-the-fly", action="store_true", help="encode every batch with the tokenizer "
+                        "(fresh random crops of image folders) instead of reading <out-dir>/token_cache.pt")
     # model
     parser.add_argument("--preset", default="tiny", choices=sorted(RECIPES), help="architecture and recipe")
     parser.add_argument("--depth", type=positive_int, default=None, help="override the preset's depth (width 64·depth "
@@ -70,6 +75,9 @@ def parse_args(argv=None):
                         "(peak = base × global batch / 256); default: the recipe's")
     parser.add_argument("--warmup-steps", type=non_negative_int, default=None,
                         help="default: 2%% of the steps (epochs/50)")
+    parser.add_argument("--minutes", type=positive_float, default=None, help="train for this long instead of "
+                        "--steps: the run times its first steps and sets the total so that the lr decay completes "
+                        "in time")
     parser.add_argument("--grad-clip", type=non_negative_float, default=2.0, help="global gradient-norm clip")
     parser.add_argument("--label-smoothing", type=probability, default=0.0, help="cross-entropy label smoothing")
     parser.add_argument("--cond-drop-rate", type=probability, default=0.1, help="label dropout for guidance")
@@ -104,6 +112,7 @@ def sample_grid(var, vae, class_names, path: str, cfg: float, seed: int = 0) -> 
 
 def main(argv=None):
     # 1. config -------------------------------------------------------------------------------------------------
+    started = time.perf_counter()  # a --minutes budget counts from here
     args = parse_args(argv)
     distributed = setup_distributed(args.device)
     device = resolve_device(args.device, distributed)
@@ -166,12 +175,27 @@ def main(argv=None):
         torch.set_rng_state(resumed["rng_state"])
         start_step = resumed["step"]
         log.write(f"resumed from step {start_step}")
+        if (resumed.get("args") or {}).get("minutes"):  # the total that --minutes chose; never re-measured
+            steps = resumed["total_steps"]
+    budget = TimeBudget(args.minutes, start_step, started) if args.minutes and start_step == 0 else None
     model = wrap_ddp(var, distributed, device)
     tokenizer_state = {"kind": "minvar-tokenizer", "config": vars(vae.config), "model": vae.state_dict()} \
         if sum(p.numel() for p in vae.parameters()) < 20_000_000 else None  # embed small tokenizers
 
     # 5. train loop ---------------------------------------------------------------------------------------------
-    loader = make_loader(train_set, batch_size, args.seed, start_step, steps, distributed, args.workers)
+    if args.encode_on_the_fly:
+        step_set = train_set  # items: (image (3, H, W), label)
+        skipped_images = lambda: getattr(train_set, "num_skipped", 0)  # noqa: E731 (counted as the loader reads)
+    else:  # items: (tokens (L,), label), the dataset encoded once; rank 0 builds, the other ranks wait and read
+        barrier = torch.distributed.barrier if distributed.world_size > 1 else None
+        cache = load_or_build_token_cache(os.path.join(args.out_dir, "token_cache.pt"), vae, train_set, args.hflip,
+                                          distributed.is_main, barrier, log.write)
+        step_set = TokenDataset(cache, seed=args.seed)
+        skipped_images = lambda: cache.get("num_skipped", 0)  # noqa: E731 (counted when the cache was built)
+    scale_lengths = [pn * pn for pn in vae.patch_nums]
+    # with a budget the loader runs on (its batches are pure functions of the step) until the chosen total
+    loader = make_loader(step_set, batch_size, args.seed, start_step, steps if budget is None else 10 ** 12,
+                         distributed, args.workers)
     peak = peak_flops(device, args.precision)  # FLOP/s of one device: GPU table, or measured once on a CPU
     log.write(f"precision {args.precision}, {torch.get_num_threads()} CPU threads, device peak "
               f"{'unknown' if peak is None else f'{peak / 1e12:.3g} TFLOP/s'}")
@@ -179,15 +203,21 @@ def main(argv=None):
     bar = tqdm(loader, initial=start_step, total=steps, disable=not distributed.is_main, desc="VAR",
                dynamic_ncols=True)
     var.train()
-    for step, (images, labels) in enumerate(bar, start=start_step):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    for step, (inputs, labels) in enumerate(bar, start=start_step):
+        if step >= steps:
+            break
+        inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         lr, wd = lr_wd_at(step, steps, peak_lr, warmup, final_lr_ratio=recipe["final_lr_ratio"],
                           weight_decay=recipe["weight_decay"], final_weight_decay=recipe["final_weight_decay"])
         set_lr_wd(optimizer, lr, wd)
-        with torch.no_grad():  # tokens on the fly, fp32, outside autocast (official trainer)
-            idx = vae.img_to_idx(images)
+        with torch.no_grad():  # fp32, outside autocast (official trainer)
+            if args.encode_on_the_fly:
+                idx = vae.img_to_idx(inputs)  # K LongTensors (B, pn²)
+                target_BL = torch.cat(idx, dim=1)  # (B, L)
+            else:
+                target_BL = inputs  # (B, L), the same tokens the line above would compute
+                idx = list(target_BL.split(scale_lengths, dim=1))  # K LongTensors (B, pn²)
             x_BLCv = vae.idx_to_var_input(idx)  # (B, L-1, Cvae)
-            target_BL = torch.cat(idx, dim=1)  # (B, L)
         # label dropout from a per-step generator over the GLOBAL batch: identical on resume and across processes
         drop_G = torch.rand(global_batch, generator=step_generator(args.seed, step, "cpu")) < args.cond_drop_rate
         rank = distributed.rank
@@ -205,6 +235,12 @@ def main(argv=None):
 
         # 6. logging, samples, checkpoints ------------------------------------------------------------------------
         done = step + 1
+        chosen = budget.total_steps(done, distributed) if budget is not None else None
+        if chosen is not None:
+            steps = args.steps = max(chosen, done)
+            bar.total = steps
+            log.write(f"--minutes {args.minutes}: {budget.seconds_per_step:.3f} s per step from step "
+                      f"{budget.begin_step} to {done}, so {steps} steps in all (warmup {warmup})")
         if distributed.is_main:
             accuracy = (logits_BLV.argmax(-1) == target_BL).float().mean().item()
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.3f}", lr=f"{lr:.1e}")
@@ -219,7 +255,7 @@ def main(argv=None):
             log.write(f"step {done} loss {mean_loss:.4f} acc {accuracy:.4f} lr {lr:.3e} wd {wd:.4f} "
                       f"grad_norm {grad_norm.item():.3f} "
                       f"img/s {images_per_second:.1f} mfu {mfu_text} "
-                      f"skipped images {getattr(train_set, 'num_skipped', 0)}")
+                      f"skipped images {skipped_images()}")
         if distributed.is_main and is_due(done, args.sample_every, steps):
             net = ema.model if ema is not None else var
             net.eval()
@@ -230,7 +266,7 @@ def main(argv=None):
             save_checkpoint(checkpoint_path, "minvar-var", var, config, done, train_set.class_names, optimizer,
                             ema_model=ema.model.state_dict() if ema is not None else None,
                             tokenizer=tokenizer_state, tokenizer_path=os.path.abspath(args.tokenizer),
-                            rng_state=torch.get_rng_state(), args=vars(args))
+                            rng_state=torch.get_rng_state(), args=vars(args), total_steps=steps)
     if distributed.is_main and start_step < steps:  # a resumed, already finished run trains no step
         print(f"VAR: final loss {loss.item():.4f}; checkpoint {checkpoint_path}")
     del model, bar, loader  # the DDP wrappers hold the process group: drop them before leaving it

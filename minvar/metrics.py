@@ -299,6 +299,30 @@ def extract_features(
     return (torch.cat(all_probs) if all_probs else None), torch.cat(all_features)  # (N, C) or None, (N, D)
 
 
+def compare_features(
+    real_features: torch.Tensor,
+    fake_features: torch.Tensor,
+    fake_probs: torch.Tensor | None = None,
+    k: int = 3,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """FID, precision, recall and (given class probabilities) Inception Score of fake vs real feature vectors.
+
+    real_features (N, D), fake_features (M, D), fake_probs (M, C) or None. Split from `compute_generation_metrics`
+    so that a script can extract the reference features once and compare several sets to them (samples, a second
+    real set for the floor, tokenizer reconstructions for the ceiling). The Fréchet distance is biased upward at
+    small M (the covariance estimate is noisy), so two sets are comparable only at the same M against the same
+    reference: compare samples to a real floor and to reconstructions of as many images as there are samples.
+    """
+    results = {"fid": frechet_distance_from_features(real_features, fake_features)}
+    distance_device = device if device is not None else "cpu"
+    precision, recall = precision_recall(real_features.to(distance_device), fake_features.to(distance_device), k=k)
+    results["precision"], results["recall"] = precision, recall
+    if fake_probs is not None:
+        results["inception_score"], results["inception_score_std"] = inception_score(fake_probs)
+    return results
+
+
 def compute_generation_metrics(
     extractor: FeatureExtractor,
     real_images: torch.Tensor | Iterable[torch.Tensor],
@@ -320,10 +344,4 @@ def compute_generation_metrics(
     """
     _, real_features = extract_features(extractor, real_images, batch_size, device)  # (N, D)
     fake_probs, fake_features = extract_features(extractor, fake_images, batch_size, device)  # (M, C), (M, D)
-    results = {"fid": frechet_distance_from_features(real_features, fake_features)}
-    distance_device = device if device is not None else "cpu"
-    precision, recall = precision_recall(real_features.to(distance_device), fake_features.to(distance_device), k=k)
-    results["precision"], results["recall"] = precision, recall
-    if fake_probs is not None:
-        results["inception_score"], results["inception_score_std"] = inception_score(fake_probs)
-    return results
+    return compare_features(real_features, fake_features, fake_probs, k=k, device=device)

@@ -261,6 +261,54 @@ def step_generator(seed: int, step: int, device) -> torch.Generator:
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# time budget
+class TimeBudget:
+    """`--minutes`: the number of training steps that fits a time budget, measured on the run's own first steps.
+
+    How long to train is often known in minutes, not steps, and a learning-rate schedule only does its job if its
+    decay completes. The script starts with a provisional number of steps and times its steps from `start + 2`
+    (the first steps pay one-time costs) for `probe_steps` steps or 5% of the budget, whichever ends first; then it
+    fixes the total once: the steps done plus as many as fit in what is left of the budget at that rate. The
+    schedule then decays over the chosen total. The budget counts from `started` (the script's start: loading,
+    the token cache) to the last training step; the final checkpoint and grid come after. Under DDP the processes
+    end the probe together and take the smallest total, so all agree.
+    NOTE: steps before the total is fixed use the provisional total in the schedule; the warmup (VAR: 2% of the
+    provisional steps, tokenizer: --warmup-steps) is kept as it was, so they are exact whenever they lie inside it.
+    """
+
+    def __init__(self, minutes: float, start_step: int, started: float, probe_steps: int = 18):
+        if minutes <= 0:
+            raise ValueError(f"--minutes must be positive, got {minutes}")
+        self.seconds, self.started, self.probe_steps = minutes * 60, started, probe_steps
+        self.begin_step = start_step + 2
+        self.begin_time = None
+        self.seconds_per_step = None  # measured; set when the total is chosen
+        self.chosen = False
+
+    def total_steps(self, done: int, distributed: Distributed) -> Optional[int]:
+        """Call after every step with the steps done; returns the chosen total once (at the probe's end), else None."""
+        if self.chosen or done < self.begin_step:
+            return None
+        now = time.perf_counter()
+        if done == self.begin_step:
+            self.begin_time = now
+            return None
+        timed = done - self.begin_step
+        finished = torch.tensor(int(timed >= self.probe_steps or now - self.begin_time >= 0.05 * self.seconds))
+        if distributed.world_size > 1:  # every process must end the probe at the same step
+            dist.all_reduce(finished, op=dist.ReduceOp.MAX)
+        if not finished:
+            return None
+        self.chosen = True
+        self.seconds_per_step = (now - self.begin_time) / timed
+        remaining = self.seconds - (now - self.started)
+        total = torch.tensor(done + max(int(remaining / self.seconds_per_step), 0))
+        if distributed.world_size > 1:
+            dist.all_reduce(total, op=dist.ReduceOp.MIN)
+        return int(total)
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # schedule
 def lr_wd_at(step: int, total_steps: int, peak_lr: float, warmup_steps: int, warmup_start: float = 0.005,
              final_lr_ratio: float = 0.1, constant_fraction: float = 0.05, weight_decay: float = 0.05,

@@ -124,3 +124,16 @@ def test_largest_batch_search():
     from gpu_check import largest_batch
     for boundary in range(0, 40):
         assert largest_batch(lambda b: b <= boundary, 1, 32) == min(boundary, 32)
+
+
+def test_bench_token_cache_quick(tmp_path):
+    """bench_token_cache.py --quick times train_var.py's step with and without the token cache, interleaved."""
+    path = tmp_path / "cache.json"
+    result = subprocess.run([sys.executable, str(BENCH / "bench_token_cache.py"), "--quick", "--json", str(path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads(path.read_text())
+    assert [row["variant"] for row in saved["rows"]] == ["on the fly", "cache"]
+    for row in saved["rows"]:
+        assert 0 < row["min"] <= row["steps_per_s"] <= row["max"]
+    assert saved["speedup"] == pytest.approx(saved["rows"][1]["steps_per_s"] / saved["rows"][0]["steps_per_s"])

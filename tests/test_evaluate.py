@@ -54,7 +54,8 @@ def report_pair(evaluate_folder):
 
 def test_accuracy_follows_the_labels(report_pair):
     right, wrong = report_pair
-    assert right["samples"] == 90 and right["real_per_set"] == 90
+    # matched N: the floor's second real set has as many images as the samples, beside a 90-image reference
+    assert right["samples"] == right["real_matched"] == 90 and right["real_reference"] == 90
     assert right["judge_accuracy_samples"] > 0.8, right
     assert wrong["judge_accuracy_samples"] < 0.2, wrong
     # the distribution metrics ignore labels: identical images give identical distances
@@ -77,6 +78,8 @@ def test_real_samples_sit_near_the_real_floor(report_pair):
     for key in ("precision_samples", "recall_samples", "precision_real", "recall_real"):
         assert 0.0 <= right[key] <= 1.0
     assert right["precision_samples"] > 0.5 and right["recall_samples"] > 0.5, right
+    assert right["frechet_distance_samples_over_floor"] == pytest.approx(
+        right["frechet_distance_samples"] / right["frechet_distance_real_floor"])
 
 
 def test_missing_samples_file_is_a_clear_error(tmp_path):
@@ -119,3 +122,52 @@ def test_folder_fingerprint_changes_with_the_listing(tmp_path):
     Image.new("RGB", (8, 8), (200, 20, 30)).save(tmp_path / "cls" / "c.png")
     after = evaluate.data_fingerprint(str(tmp_path), ImageFolderDataset(tmp_path, 8), 8)
     assert after["files"] == 3 and after["listing_sha256"] != before["listing_sha256"]
+
+
+def test_sweep_chooses_the_lowest_distance_and_sample_uses_it(tmp_path, capsys, monkeypatch):
+    """evaluate.py --sweep scores every (cfg, top-k, top-p) setting, records the one with the lowest Fréchet distance
+    among those that meet the accuracy constraint in sampling.json beside the checkpoint, and sample.py then samples
+    with it unless a flag says otherwise."""
+    import sample
+    import train_tokenizer
+    import train_var
+    torch.set_num_threads(1)
+    monkeypatch.setattr(train_var, "sample_grid", lambda *args, **kwargs: None)
+    train_tokenizer.main(["--out-dir", str(tmp_path / "tok"), "--steps", "3", "--device", "cpu", "--num-images", "4",
+                          "--batch-size", "4", "--warmup-steps", "1", "--log-every", "0", "--grid-every", "0"])
+    train_var.main(["--out-dir", str(tmp_path / "var"), "--tokenizer", str(tmp_path / "tok" / "checkpoint.pt"),
+                    "--steps", "3", "--device", "cpu", "--num-images", "8", "--batch-size", "4", "--width", "64",
+                    "--depth", "1", "--log-every", "0", "--sample-every", "0"])
+    checkpoint = tmp_path / "var" / "checkpoint.pt"
+    evaluate.main(["--sweep", "--checkpoint", str(checkpoint), "--sweep-cfg", "1,3", "--sweep-top-p", "0.5",
+                   "--sweep-top-k", "0,5", "--sweep-per-class", "2", "--sweep-min-accuracy", "0", "--num-real", "30",
+                   "--judge", str(tmp_path / "judge.pt"), "--judge-steps", "20"])
+    report = json.loads((tmp_path / "var" / "sampling.json").read_text())
+    assert [(row["cfg"], row["top_k"]) for row in report["sweep"]] == [(1.0, 0), (1.0, 5), (3.0, 0), (3.0, 5)]
+    best = min(report["sweep"], key=lambda row: row["frechet_distance"])  # every row meets accuracy >= 0
+    assert report["chosen"] == {"cfg": best["cfg"], "top_k": best["top_k"], "top_p": 0.5}
+    assert report["real_matched"] == 30 and "frechet_distance_reconstructions" in report
+
+    capsys.readouterr()
+    sample.main(["--checkpoint", str(checkpoint), "--per-class", "1", "--classes", "0", "--out-dir",
+                 str(tmp_path / "samples")])
+    assert f"cfg {best['cfg']}, top-k {best['top_k']}, top-p 0.5" in capsys.readouterr().out
+    sample.main(["--checkpoint", str(checkpoint), "--per-class", "1", "--classes", "0", "--cfg", "2.5", "--out-dir",
+                 str(tmp_path / "samples")])
+    assert f"cfg 2.5, top-k {best['top_k']}, top-p 0.5" in capsys.readouterr().out
+
+
+def test_real_sets_of_an_image_folder_mix_its_classes(tmp_path):
+    """An image folder lists its classes one after another; the reference set and the floor's matched set must each
+    hold every class (a prefix split put classes 0-5 in one and 5-9 in the other: a floor 3× the samples' distance)."""
+    from PIL import Image
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(6):
+            Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(tmp_path / name / f"{i}.png")
+    args = evaluate.parse_args(["--data-path", str(tmp_path), "--num-real", "6"])
+    reference, held_out, held_out_labels, _, names = evaluate.real_images(args, 32, 6)
+    assert len(reference) == len(held_out) == 6 and names == ["a", "b"]
+    assert set(held_out_labels.tolist()) == {0, 1}
+    reference_labels = evaluate.stack(evaluate.build_dataset(str(tmp_path), 32, train=False), 12, args.seed)[1][:6]
+    assert set(reference_labels.tolist()) == {0, 1}

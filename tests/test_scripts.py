@@ -170,6 +170,7 @@ def test_var_resume_equals_uninterrupted(tokenizer_run, tmp_path, no_sample_grid
     straight_losses, resumed_losses = logged_losses(tmp_path / "straight"), logged_losses(tmp_path / "stopped")
     assert [resumed_losses[s] for s in (4, 5, 6)] == [straight_losses[s] for s in (4, 5, 6)]
     assert "resumed from step 3" in (tmp_path / "stopped" / "log.txt").read_text()
+    assert "token cache: reusing" in (tmp_path / "stopped" / "log.txt").read_text()  # encoded once, read on resume
 
     train_var.main(["--out-dir", str(tmp_path / "stopped"), *args, "--resume"])  # already at step 6
     assert_same_weights(load(tmp_path / "stopped" / "checkpoint.pt")["model"], straight["model"], atol=0)
@@ -225,6 +226,7 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batch(tokenizer_r
     for step in ddp_losses:
         assert ddp_losses[step] == pytest.approx(single_losses[step], abs=2e-4)
     assert ddp_losses[4] < ddp_losses[1]  # it trained at all
+    assert (tmp_path / "ddp" / "log.txt").read_text().count("token cache: encoding") == 1  # rank 0 built it once
 
 
 # ------------------------------------------------------------------------------------------------------------------
