@@ -165,7 +165,7 @@ def main(argv=None):
         from sample import load_models  # the scripts sit side by side; sample.py owns the checkpoint loading
         try:
             var, vae, class_names = load_models(argparse.Namespace(checkpoint=args.checkpoint, tokenizer=None,
-                                                                   no_ema=False), torch.device("cpu"))
+                                                                   no_ema=False, pretrained=None), torch.device("cpu"))
         except (CheckpointError, ValueError, FileNotFoundError) as error:
             raise SystemExit(f"error: --checkpoint {args.checkpoint}: {error}")
         size = vae.config.image_size
