@@ -24,6 +24,22 @@ from minvar.vqvae import VQVAE, VQVAEConfig
 
 # ----------------------------------------------------------------------------------------------------------------
 # minvar run checkpoints
+def atomic_save(obj, path: str) -> None:
+    """torch.save to a temporary file in the same folder, then `os.replace`: atomic on POSIX and Windows, so readers
+    (and a run killed during a save) see the old or the new file, never half of one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(obj, file)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
 def save_checkpoint(path: str, kind: str, model: torch.nn.Module, config, step: int, class_names=None,
                     optimizer=None, **extra) -> None:
     """Write one self-describing checkpoint atomically: a temporary file in the same folder, then `os.replace`."""
@@ -31,17 +47,7 @@ def save_checkpoint(path: str, kind: str, model: torch.nn.Module, config, step: 
     payload = {"kind": kind, "minvar_version": minvar.__version__, "config": asdict(config),
                "model": model.state_dict(), "step": int(step), "class_names": list(class_names or []),
                "optimizer": optimizer.state_dict() if optimizer is not None else None, **extra}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-        os.replace(temporary, path)  # atomic on POSIX and Windows: readers see the old or the new file, never half
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    atomic_save(payload, path)
 
 
 def load_checkpoint(path_or_dict, kind: str) -> Dict[str, Any]:

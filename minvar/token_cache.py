@@ -23,12 +23,12 @@ import copy
 import hashlib
 import json
 import os
-import tempfile
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from minvar.checkpoint import atomic_save
 from minvar.data import ImageFolderDataset, ShapesDataset
 
 TOKEN_CACHE_KIND = "minvar-token-cache"
@@ -114,17 +114,7 @@ def encode_dataset(vae: torch.nn.Module, dataset, hflip: bool, batch_size: int =
 
 def save_token_cache(cache: dict, path: str) -> None:
     """Write the cache atomically (temporary file, then rename), so a reader never sees half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(cache, file)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    atomic_save(cache, path)
 
 
 def load_token_cache(path: str, tokenizer_key: str, data_key: str) -> dict | None:
