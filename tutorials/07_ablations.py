@@ -64,7 +64,8 @@ from minvar.training import lr_wd_at, set_lr_wd, step_generator
 from minvar.var import VAR, VARConfig
 from minvar.vqvae import VQVAE, VQVAEConfig
 
-# Full and fast settings. The full ones took 19.5 minutes on one shared CPU thread (README, "Ablations").
+# Full and fast settings. The full ones took 8.7 minutes with --threads 2 on a 2-core AMD EPYC, 19.5 with one
+# thread on the same machine busy with other jobs (README, "Ablations").
 # budget_steps: every model gets the training FLOPs of this many steps of the default VAR (row 6).
 FULL = dict(tokenizer_steps=600, train_images=8192, budget_steps=400, batch_size=16, depth=4, width=128, heads=2,
             big_depth=6, big_width=192, big_heads=3, judge_steps=400, per_class=16, num_real=750, timing_batch=16,
