@@ -14,13 +14,14 @@ How a training step is counted (multiply-add = 2 FLOPs; backward = 2 × forward,
         + per block qkv (3C²) + proj (C²) + fc1, fc2 (2·C·hidden) + the head (C·V). AdaLN's projections (6C² per
         block) run once per image, not per token, and embeddings are lookups: neither is counted.
     attention scores and the weighted sum: 2 · 2 · L² · C per block and image forward, over the full L × L map
-        (as PaLM and nanoGPT count, although the block-causal mask makes ~38% of the scores at 256px unused).
+        (as PaLM and nanoGPT count, although the block-causal mask makes ~38% of the scores at 256px
+        unused).
     step = 3 · (2 · N_linear · B · L + 4 · depth · B · L² · C) = 6 · N_linear · tokens + 12 · depth · B · L² · C.
 Norms, activations, softmax and the optimizer are not counted (a few % of the arithmetic).
 tests/test_flops.py checks this count against torch.utils.flop_counter on a small model.
 
-Peak: on CUDA from a table of known GPUs (dense, no sparsity); on a CPU measured once per process (and thread count)
-by timing a large matrix product in the dtype, as the best a matmul reaches there. Unknown GPUs give None.
+Peak: on CUDA from a table of known GPUs (dense, no sparsity); on a CPU measured once per process (and thread
+count) by timing a large matrix product in the dtype, as the best a matmul reaches there. Unknown GPUs give None.
 
 Shape legend: B batch, L = Σ pn² tokens, C width, Cvae codebook dim, V codebook size.
 
