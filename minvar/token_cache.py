@@ -83,8 +83,9 @@ def encode_dataset(vae: torch.nn.Module, dataset, hflip: bool, batch_size: int =
     """Encode every image of `dataset` (and its mirror image when `hflip`) with Algorithm 1; return the cache dict.
 
     The dict: "tokens" (V_views, N, L) uint16 (int32 for codebooks over 65,536 codes), "labels" (N,) int64,
-    "num_skipped" (unreadable files, each replaced by the next readable one, as ImageFolderDataset does), "patch_nums", "vocab_size", and the two fingerprints. Encoding runs on the tokenizer's device in fp32 and
-    eval mode, as the on-the-fly path of train_var.py. Batch 64: the tiny tokenizer encodes 570-620 images per
+    "num_skipped" (unreadable files, each replaced by the next readable one, as ImageFolderDataset does),
+    "patch_nums", "vocab_size", and the two fingerprints. Encoding runs on the tokenizer's device in fp32 and eval
+    mode, as the on-the-fly path of train_var.py. Batch 64: the tiny tokenizer encodes 570-620 images per
     CPU-second at 64, 450-520 at 16 and 480-490 at 256 (1 thread).
     """
     device = next(vae.parameters()).device
