@@ -29,6 +29,7 @@ uses it unless told otherwise:
     python evaluate.py --sweep                          # the quickstart's runs/var/checkpoint.pt
 """
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -39,10 +40,10 @@ import torch
 
 from minvar.checkpoint import CheckpointError, load_tokenizer
 from minvar.data import DataError, build_dataset, from_uint8_images, to_uint8_images
-from minvar.judge import evaluate_accuracy, judge_predict, load_judge, save_judge, train_judge
+from minvar.judge import judge_predict, load_judge, save_judge, train_judge
 from minvar.metrics import compare_features, extract_features
 from minvar.sampling import generate
-from minvar.training import non_negative_int, positive_int, probability
+from minvar.training import positive_int, probability
 
 
 def parse_args(argv=None):
@@ -159,108 +160,117 @@ def parse_values(text: str, kind):
         raise SystemExit(f"error: cannot read {text!r} as comma-separated {kind.__name__} values")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.sweep:
-        from sample import load_models  # the scripts sit side by side; sample.py owns the checkpoint loading
-        try:
-            var, vae, class_names = load_models(argparse.Namespace(checkpoint=args.checkpoint, tokenizer=None,
-                                                                   no_ema=False, pretrained=None), torch.device("cpu"))
-        except (CheckpointError, ValueError, FileNotFoundError) as error:
-            raise SystemExit(f"error: --checkpoint {args.checkpoint}: {error}")
-        size = vae.config.image_size
-        fake_labels = torch.arange(var.num_classes).repeat_interleave(args.sweep_per_class)  # (N,)
-        fake = None
-    else:
-        if not os.path.isfile(args.samples):
-            raise SystemExit(f"error: {args.samples} not found: run sample.py first (or pass --samples)")
-        data = np.load(args.samples)
-        fake = from_uint8_images(data["arr_0"])  # (N, 3, H, W) in [-1, 1]
-        fake_labels = torch.from_numpy(data["labels"]) if "labels" in data else None
-        size = fake.shape[-1]
+def sweep_models(args):
+    """(VAR, tokenizer) of the --checkpoint run to sweep, on the CPU."""
+    from sample import load_models  # the scripts sit side by side; sample.py owns the checkpoint loading
+    try:
+        run = argparse.Namespace(checkpoint=args.checkpoint, pretrained=None, tokenizer=None, no_ema=False)
+        var, vae, _ = load_models(run, torch.device("cpu"))
+    except (CheckpointError, ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: --checkpoint {args.checkpoint}: {error}")
+    return var, vae
 
-    # 1. real images: a reference set, and a second held-out set of as many images as the samples (matched N)
-    matched = len(fake_labels) if fake is None else len(fake)
-    reference, held_out, held_out_labels, train_set, names = real_images(args, size, matched)
 
-    # 2. the judge (always: class accuracy needs a classifier of the real classes)
-    judge = get_judge(args, train_set, size)
+def load_samples(path: str):
+    """(samples (N, 3, H, W) in [-1, 1], their labels (N,) or None) from a sample.py samples.npz."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: {path} not found: run sample.py first (or pass --samples)")
+    data = np.load(path)
+    fake = from_uint8_images(data["arr_0"])
+    return fake, (torch.from_numpy(data["labels"]) if "labels" in data else None)
+
+
+def feature_extractor(args, judge):
+    """(images -> (class probabilities or None, features), the name of the feature space)."""
     if args.inception_weights:
         from minvar.inception import InceptionV3Features
-        extractor = InceptionV3Features(args.inception_weights)  # images -> (class probabilities, pool features)
-        feature_space = "inception-v3 pool3"
-    else:
-        extractor = lambda images: (None, judge_predict(judge, images)[1])  # noqa: E731 (penultimate layer)
-        feature_space = "judge penultimate layer"
-    _, reference_features = extract_features(extractor, reference, batch_size=50)  # (M, D)
+        return InceptionV3Features(args.inception_weights), "inception-v3 pool3"
+    penultimate = lambda images: (None, judge_predict(judge, images)[1])  # noqa: E731 (the judge's features)
+    return penultimate, "judge penultimate layer"
 
-    # 3. the floor (real vs real) and the ceiling (tokenizer reconstructions vs real), at the samples' N
-    report = {"samples": matched, "real_reference": len(reference), "real_matched": len(held_out),
-              "feature_space": feature_space}
-    real_scores = score(judge, extractor, reference_features, held_out, held_out_labels, names)
+
+def reconstruction_tokenizer(args, vae):
+    """The tokenizer whose reconstructions are the ceiling: the swept run's own, else --tokenizer if it exists."""
+    if args.sweep:
+        return vae
+    if args.tokenizer and os.path.isfile(args.tokenizer):
+        try:
+            return load_tokenizer(args.tokenizer)
+        except CheckpointError as error:
+            raise SystemExit(f"error: --tokenizer: {error}")
+    return None
+
+
+def floor_and_ceiling(args, vae, measure, held_out, held_out_labels, size: int) -> dict:
+    """The report's floor (held-out real images vs the reference) and ceiling (tokenizer reconstructions of them)."""
+    report = {}
+    real_scores = measure(held_out, held_out_labels)
     report["judge_accuracy_real"] = real_scores["judge_accuracy"]
     report["frechet_distance_real_floor"] = real_scores["fid"]
     report["precision_real"], report["recall_real"] = real_scores["precision"], real_scores["recall"]
-    tokenizer = args.tokenizer if not args.sweep else None
-    vae_for_reconstructions = vae if args.sweep else None
-    if tokenizer and os.path.isfile(tokenizer):
-        try:
-            vae_for_reconstructions = load_tokenizer(tokenizer)
-        except CheckpointError as error:
-            raise SystemExit(f"error: --tokenizer: {error}")
-    if vae_for_reconstructions is not None and vae_for_reconstructions.config.image_size == size:
+    tokenizer = reconstruction_tokenizer(args, vae)
+    if tokenizer is not None and tokenizer.config.image_size == size:
         with torch.no_grad():
-            reconstructions = torch.cat([vae_for_reconstructions.idx_to_img(vae_for_reconstructions.img_to_idx(
-                held_out[i:i + 256])) for i in range(0, len(held_out), 256)])  # (matched, 3, H, W)
-        rec_scores = score(judge, extractor, reference_features, reconstructions, held_out_labels, names)
+            reconstructions = torch.cat([tokenizer.idx_to_img(tokenizer.img_to_idx(held_out[i:i + 256]))
+                                         for i in range(0, len(held_out), 256)])  # (matched, 3, H, W)
+        rec_scores = measure(reconstructions, held_out_labels)
         report["judge_accuracy_reconstructions"] = rec_scores["judge_accuracy"]
         report["frechet_distance_reconstructions"] = rec_scores["fid"]
         report["precision_reconstructions"] = rec_scores["precision"]
         report["recall_reconstructions"] = rec_scores["recall"]
+    return report
 
-    # 4. the samples: one set from --samples, or one per setting of the sweep
-    if args.sweep:
-        report["sweep"] = []
-        settings = [(cfg, top_k, top_p) for cfg in parse_values(args.sweep_cfg, float)
-                    for top_k in parse_values(args.sweep_top_k, int) for top_p in parse_values(args.sweep_top_p, float)]
-        for cfg, top_k, top_p in settings:
-            with torch.no_grad():
-                images = torch.cat([generate(var, vae, fake_labels[i:i + 100].tolist(), cfg=cfg, top_k=top_k,
-                                             top_p=top_p, seed=args.sweep_seed + i)
-                                    for i in range(0, matched, 100)]) * 2 - 1  # (N, 3, H, W) in [-1, 1]
-            # the same uint8 rounding as samples.npz, so a setting scores as sample.py's files would
-            images = from_uint8_images(to_uint8_images(images))
-            result = score(judge, extractor, reference_features, images, fake_labels, names)
-            row = {"cfg": cfg, "top_k": top_k, "top_p": top_p, "judge_accuracy": result.get("judge_accuracy"),
-                   "frechet_distance": result["fid"], "precision": result["precision"], "recall": result["recall"]}
-            report["sweep"].append(row)
-            print(json.dumps(row))
-        # the constraint: --sweep-min-accuracy, or, if no setting reaches it, within 2 points of the best setting
-        # (differences of a point are noise at a few hundred samples; a bare "most accurate" would pick noise)
-        best_accuracy = max(row["judge_accuracy"] or 0 for row in report["sweep"])
-        needed = args.sweep_min_accuracy if best_accuracy >= args.sweep_min_accuracy else best_accuracy - 0.02
-        eligible = [row for row in report["sweep"] if (row["judge_accuracy"] or 0) >= needed]
-        best = min(eligible, key=lambda row: row["frechet_distance"])
-        report["chosen"] = {key: best[key] for key in ("cfg", "top_k", "top_p")}
-        report["chosen_by"] = f"lowest Fréchet distance among the settings with judge accuracy >= {needed:.4f}"
-        out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "sampling.json")
-    else:
-        result = score(judge, extractor, reference_features, fake, fake_labels, names)
-        if "judge_accuracy" in result:
-            report["judge_accuracy_samples"] = result["judge_accuracy"]
-            report["judge_accuracy_samples_per_class"] = result["judge_accuracy_per_class"]
-        report["frechet_distance_samples"] = result["fid"]
-        report["precision_samples"], report["recall_samples"] = result["precision"], result["recall"]
-        if "inception_score" in result:
-            report["inception_score"] = result["inception_score"]
-        out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.samples)), "evaluation.json")
-        # the two ratios the issue asks about: how far the samples are from real images and from the tokenizer
-        report["frechet_distance_samples_over_floor"] = report["frechet_distance_samples"] / max(
-            report["frechet_distance_real_floor"], 1e-12)
-        if "frechet_distance_reconstructions" in report:
-            report["frechet_distance_samples_over_reconstructions"] = report["frechet_distance_samples"] / max(
-                report["frechet_distance_reconstructions"], 1e-12)
 
+def sweep(args, var, vae, labels, measure) -> list:
+    """One report row per (guidance, top-k, top-p) setting: its samples of `labels`, scored."""
+    rows = []
+    settings = [(cfg, top_k, top_p) for cfg in parse_values(args.sweep_cfg, float)
+                for top_k in parse_values(args.sweep_top_k, int) for top_p in parse_values(args.sweep_top_p, float)]
+    for cfg, top_k, top_p in settings:
+        with torch.no_grad():
+            images = torch.cat([generate(var, vae, labels[i:i + 100].tolist(), cfg=cfg, top_k=top_k,
+                                         top_p=top_p, seed=args.sweep_seed + i)
+                                for i in range(0, len(labels), 100)]) * 2 - 1  # (N, 3, H, W) in [-1, 1]
+        # the same uint8 rounding as samples.npz, so a setting scores as sample.py's files would
+        images = from_uint8_images(to_uint8_images(images))
+        result = measure(images, labels)
+        row = {"cfg": cfg, "top_k": top_k, "top_p": top_p, "judge_accuracy": result.get("judge_accuracy"),
+               "frechet_distance": result["fid"], "precision": result["precision"], "recall": result["recall"]}
+        rows.append(row)
+        print(json.dumps(row))
+    return rows
+
+
+def choose(rows: list, min_accuracy: float) -> dict:
+    """The report's choice: the lowest Fréchet distance among the settings accurate enough."""
+    # the constraint: --sweep-min-accuracy, or, if no setting reaches it, within 2 points of the best setting
+    # (differences of a point are noise at a few hundred samples; a bare "most accurate" would pick noise)
+    best_accuracy = max(row["judge_accuracy"] or 0 for row in rows)
+    needed = min_accuracy if best_accuracy >= min_accuracy else best_accuracy - 0.02
+    eligible = [row for row in rows if (row["judge_accuracy"] or 0) >= needed]
+    best = min(eligible, key=lambda row: row["frechet_distance"])
+    return {"chosen": {key: best[key] for key in ("cfg", "top_k", "top_p")},
+            "chosen_by": f"lowest Fréchet distance among the settings with judge accuracy >= {needed:.4f}"}
+
+
+def add_sample_scores(report: dict, result: dict) -> None:
+    """The samples' scores into the report, and how far they are from real images and from the tokenizer."""
+    if "judge_accuracy" in result:
+        report["judge_accuracy_samples"] = result["judge_accuracy"]
+        report["judge_accuracy_samples_per_class"] = result["judge_accuracy_per_class"]
+    report["frechet_distance_samples"] = result["fid"]
+    report["precision_samples"], report["recall_samples"] = result["precision"], result["recall"]
+    if "inception_score" in result:
+        report["inception_score"] = result["inception_score"]
+    report["frechet_distance_samples_over_floor"] = report["frechet_distance_samples"] / max(
+        report["frechet_distance_real_floor"], 1e-12)
+    if "frechet_distance_reconstructions" in report:
+        report["frechet_distance_samples_over_reconstructions"] = report["frechet_distance_samples"] / max(
+            report["frechet_distance_reconstructions"], 1e-12)
+
+
+def write_report(report: dict, out: str) -> None:
+    """The report as JSON at `out`, and one printed line per number (the sweep's rows were printed as they came)."""
     with open(out, "w") as file:
         json.dump(report, file, indent=1)
     width = max(len(k) for k in report)
@@ -268,6 +278,47 @@ def main(argv=None):
         if key != "sweep":
             print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
     print(f"wrote {out}")
+
+
+def main(argv=None):
+    # 1. what is measured: sample.py's samples, or the VAR run whose sampling settings are swept
+    args = parse_args(argv)
+    var = vae = None
+    if args.sweep:
+        var, vae = sweep_models(args)
+        size = vae.config.image_size
+        fake_labels = torch.arange(var.num_classes).repeat_interleave(args.sweep_per_class)  # (N,)
+        matched = len(fake_labels)
+    else:
+        fake, fake_labels = load_samples(args.samples)
+        size, matched = fake.shape[-1], len(fake)
+
+    # 2. real images: a reference set, and a second held-out set of as many images as the samples (matched N)
+    reference, held_out, held_out_labels, train_set, names = real_images(args, size, matched)
+
+    # 3. the judge (always: class accuracy needs a classifier of the real classes) and the feature space
+    judge = get_judge(args, train_set, size)
+    extractor, feature_space = feature_extractor(args, judge)
+    _, reference_features = extract_features(extractor, reference, batch_size=50)  # (M, D)
+    # every image set is measured the same way: judge accuracy and distances to the reference features
+    measure = functools.partial(score, judge, extractor, reference_features, names=names)
+
+    # 4. the floor (real vs real) and the ceiling (tokenizer reconstructions vs real), at the samples' N
+    report = {"samples": matched, "real_reference": len(reference), "real_matched": len(held_out),
+              "feature_space": feature_space}
+    report.update(floor_and_ceiling(args, vae, measure, held_out, held_out_labels, size))
+
+    # 5. the samples: one set from --samples, or one per setting of the sweep
+    if args.sweep:
+        report["sweep"] = sweep(args, var, vae, fake_labels, measure)
+        report.update(choose(report["sweep"], args.sweep_min_accuracy))
+        out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "sampling.json")
+    else:
+        add_sample_scores(report, measure(fake, fake_labels))
+        out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.samples)), "evaluation.json")
+
+    # 6. the report
+    write_report(report, out)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,13 @@ import time
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from minvar.checkpoint import CheckpointError, config_from_dict, save_checkpoint
 from minvar.data import DataError, build_dataset, save_image_grid
 from minvar.metrics import codebook_usage, psnr
 from minvar.training import (RunLog, TimeBudget, add_common_arguments, all_reduce_mean, autocast, end_distributed,
                              is_due, make_loader, non_negative_float, non_negative_int, positive_float, positive_int,
-                             probability, resolve_device, resolve_precision, resume_from, set_threads,
-                             setup_distributed, unwrap, wrap_ddp)
+                             probability, progress_bar, start_run, unwrap, wrap_ddp)
 from minvar.vqvae import VQVAE, VQVAE_PRESETS, VQVAEConfig
 
 
@@ -107,37 +105,19 @@ def evaluate(vae: VQVAE, images: torch.Tensor) -> dict:
             "perplexity_per_scale": [round(p, 1) for p in usage["perplexity"]]}, reconstruction
 
 
-def main(argv=None):
-    # 1. config -------------------------------------------------------------------------------------------------
-    started = time.perf_counter()  # a --minutes budget counts from here
-    args = parse_args(argv)
-    distributed = setup_distributed(args.device)
-    device = resolve_device(args.device, distributed)
-    set_threads(args.threads)
-    args.precision = resolve_precision(args.precision, args.bf16, device)  # 'auto' -> what runs: fp32 or bf16
-    args.bf16 = args.precision == "bf16"
-    checkpoint_path, resumed = resume_from(args.out_dir, "minvar-tokenizer", args.resume)
+def load_data(args, image_size: int, device: torch.device):
+    """(the training set, up to 64 held-out images (N, 3, H, W) on the device for the PSNR and the grids)."""
     try:
-        config = config_from_dict(VQVAEConfig, resumed["config"]) if resumed else build_config(args)
-    except CheckpointError as error:
-        raise SystemExit(f"error: {error}")
-    log = RunLog(args.out_dir, distributed)
-    log.write(f"args: {json.dumps(vars(args))}")
-
-    # 2. data ---------------------------------------------------------------------------------------------------
-    try:
-        train_set = build_dataset(args.data_path, config.image_size, train=True, num_images=args.num_images,
+        train_set = build_dataset(args.data_path, image_size, train=True, num_images=args.num_images,
                                   seed=args.seed, hflip=args.hflip)
-        held_out = build_dataset(args.data_path, config.image_size, train=False, num_images=64, seed=args.seed)
+        held_out = build_dataset(args.data_path, image_size, train=False, num_images=64, seed=args.seed)
     except DataError as error:
         raise SystemExit(f"error: {error}")
-    held_out_images = torch.stack([held_out[i][0] for i in range(min(64, len(held_out)))]).to(device)
+    return train_set, torch.stack([held_out[i][0] for i in range(min(64, len(held_out)))]).to(device)
 
-    # 3. model and losses ---------------------------------------------------------------------------------------
-    torch.manual_seed(args.seed)
-    vae = VQVAE(config).to(device)
-    # Usage EMAs start at zero, so the first dead-code restart (step --restart-every) re-seeds every unused code
-    # from real residuals: a data-dependent codebook init.
+
+def build_losses(args, device: torch.device):
+    """(perceptual loss or None, PatchGAN discriminator or None), as the flags ask."""
     perceptual = discriminator = None
     if args.perceptual_weights:
         from minvar.losses import PerceptualLoss
@@ -148,41 +128,180 @@ def main(argv=None):
     if args.disc_start >= 0:
         from minvar.losses import PatchDiscriminator
         discriminator = PatchDiscriminator().to(device)
+    return perceptual, discriminator
 
-    # 4. optimizer ----------------------------------------------------------------------------------------------
+
+def build_optimizers(args, vae, discriminator):
+    """(Adam of the autoencoder, Adam of the discriminator or None)."""
     # (0.5, 0.9) is the VQGAN choice for stable adversarial training; without a discriminator the usual (0.9, 0.99)
     # escapes the "mean image" plateau of a small autoencoder much sooner (measured on the shapes dataset).
     betas = (0.5, 0.9) if discriminator is not None else (0.9, 0.99)
     optimizer = torch.optim.Adam(vae.parameters(), lr=args.learning_rate, betas=betas)
     disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.learning_rate, betas=(0.5, 0.9)) \
         if discriminator is not None else None
-    start_step = 0
-    if resumed is not None:
-        vae.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        if discriminator is not None and resumed.get("discriminator"):
-            discriminator.load_state_dict(resumed["discriminator"])
-            disc_optimizer.load_state_dict(resumed["disc_optimizer"])
-        start_step = resumed["step"]
-        log.write(f"resumed from step {start_step}")
-        if (resumed.get("args") or {}).get("minutes"):  # the total that --minutes chose; never re-measured
-            args.steps = resumed["total_steps"]
+    return optimizer, disc_optimizer
+
+
+def restore(args, resumed, vae, optimizer, discriminator, disc_optimizer, log: RunLog) -> int:
+    """Load a resumed run's weights and optimizers; returns the step to start from (0: a new run)."""
+    if resumed is None:
+        return 0
+    vae.load_state_dict(resumed["model"])
+    optimizer.load_state_dict(resumed["optimizer"])
+    if discriminator is not None and resumed.get("discriminator"):
+        discriminator.load_state_dict(resumed["discriminator"])
+        disc_optimizer.load_state_dict(resumed["disc_optimizer"])
+    log.write(f"resumed from step {resumed['step']}")
+    if (resumed.get("args") or {}).get("minutes"):  # the total that --minutes chose; never re-measured
+        args.steps = resumed["total_steps"]
+    return resumed["step"]
+
+
+def restart_generator_of(args, resumed, device: torch.device) -> torch.Generator:
+    """The generator that picks the encoder outputs dead codes restart from; a resumed run continues its state."""
+    generator = torch.Generator(device=device).manual_seed(args.seed + 17)
+    if resumed is not None and resumed.get("restart_rng") is not None:
+        generator.set_state(resumed["restart_rng"].to("cpu") if device.type == "cpu" else resumed["restart_rng"])
+    return generator
+
+
+def generator_step(args, step: int, model, vae, optimizer, perceptual, discriminator, images, device):
+    """The autoencoder's step: pixel + vq (+ perceptual, + adaptive-weighted GAN once it starts) loss, backward,
+    clip, Adam. Returns (loss, pixel loss, vq loss, reconstruction (B, 3, H, W) in fp32, whether the GAN is on)."""
+    with autocast(device, args.bf16):
+        reconstruction, vq_loss, idx = model(images)
+        reconstruction = reconstruction.float()
+        # MSE by default: on small CPU models its gradient, large where the error is large, learns the shapes'
+        # colours in a few hundred steps where L1 (VQGAN's choice, paired there with perceptual and GAN losses)
+        # stays on the "background only" plateau for thousands (measured on the shapes dataset).
+        rec_loss = args.mse_weight * F.mse_loss(reconstruction, images) + \
+            args.l1_weight * F.l1_loss(reconstruction, images)
+        loss = rec_loss + vq_loss
+        if perceptual is not None:
+            loss = loss + args.perceptual_weight * perceptual(reconstruction, images)
+        gan_on = discriminator is not None and step >= args.disc_start
+        if gan_on:
+            from minvar.losses import adaptive_generator_weight, hinge_generator_loss
+            generator_loss = hinge_generator_loss(discriminator(reconstruction))
+            weight = adaptive_generator_weight(rec_loss, generator_loss, vae.decoder.conv_out.weight)
+            loss = loss + args.disc_weight * weight * generator_loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if args.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), args.grad_clip)
+    optimizer.step()
+    return loss, rec_loss, vq_loss, reconstruction, gan_on
+
+
+def discriminator_step(args, discriminator, disc_optimizer, images, reconstruction, lr: float, device) -> None:
+    """The discriminator's own step: hinge loss on real images against detached reconstructions."""
+    from minvar.losses import hinge_discriminator_loss
+    for group in disc_optimizer.param_groups:
+        group["lr"] = lr
+    with autocast(device, args.bf16):
+        d_loss = hinge_discriminator_loss(discriminator(images), discriminator(reconstruction.detach()))
+    disc_optimizer.zero_grad(set_to_none=True)
+    d_loss.backward()
+    disc_optimizer.step()
+
+
+def restart_codes(args, vae, images, restart_generator, distributed, log: RunLog, done: int) -> None:
+    """Restart the dead codes (EMA hit share under the threshold at every scale) with this batch's encoder outputs."""
+    with torch.no_grad():
+        latent = vae.encode_latent(images)
+    restarted = vae.quantize.restart_dead_codes(latent, args.dead_code_threshold, restart_generator)
+    if distributed.world_size > 1:  # every process must keep the same codebook
+        torch.distributed.broadcast(vae.quantize.embedding.weight.data, src=0)
+    if restarted:
+        log.write(f"step {done}: restarted {restarted} dead codes")
+
+
+def fix_total(args, budget, done: int, distributed, bar, log: RunLog) -> None:
+    """Under --minutes: once the budget has timed its first steps, set the run's total steps (and say so)."""
+    chosen = budget.total_steps(done, distributed) if budget is not None else None
+    if chosen is not None:
+        args.steps = bar.total = max(chosen, done)
+        log.write(f"--minutes {args.minutes}: {budget.seconds_per_step:.3f} s per step from step "
+                  f"{budget.begin_step} to {done}, so {args.steps} steps in all")
+
+
+def log_step(args, log: RunLog, done: int, loss, rec_loss, vq_loss, lr: float, vae, distributed,
+             skipped_images: int) -> None:
+    """One log.txt line: the losses (the total averaged over processes), lr, speed and the live codes per scale."""
+    alive = (vae.quantize.ema_vocab_hit_SV > args.dead_code_threshold).float().mean(dim=1).tolist()
+    mean_loss = all_reduce_mean(loss.detach(), distributed).item()
+    log.write(f"step {done} loss {mean_loss:.5f} rec {rec_loss.item():.5f} vq {vq_loss.item():.5f} "
+              f"lr {lr:.2e} img/s {log.images_per_second(done, args.batch_size):.1f} "
+              f"codes alive per scale {[round(a, 3) for a in alive]} "
+              f"skipped images {skipped_images}")
+
+
+def save_grid(args, vae, held_out_images, log: RunLog, done: int) -> None:
+    """Held-out metrics into the log, and a grid of 16 held-out images above their reconstructions."""
+    metrics, reconstruction = evaluate(vae, held_out_images)
+    vae.train()
+    grid = torch.cat([held_out_images[:16], reconstruction[:16]])
+    save_image_grid(grid, os.path.join(args.out_dir, f"reconstructions_{done:06d}.png"), nrow=16)
+    log.write(f"step {done} held-out {json.dumps(metrics)}")
+
+
+def save(checkpoint_path: str, args, vae, config, done: int, class_names, optimizer, restart_generator,
+         discriminator, disc_optimizer) -> None:
+    """The self-describing checkpoint: weights, optimizers, config, step, flags, chosen total, restart state."""
+    save_checkpoint(checkpoint_path, "minvar-tokenizer", vae, config, done, class_names,
+                    optimizer, args=vars(args), total_steps=args.steps,
+                    restart_rng=restart_generator.get_state(),
+                    discriminator=unwrap(discriminator).state_dict() if discriminator is not None else None,
+                    disc_optimizer=disc_optimizer.state_dict() if disc_optimizer is not None else None)
+
+
+def finish(args, vae, held_out_images, checkpoint_path: str) -> None:
+    """The final held-out metrics, into <out-dir>/metrics.json and one printed line."""
+    metrics, _ = evaluate(vae, held_out_images)
+    with open(os.path.join(args.out_dir, "metrics.json"), "w") as file:
+        json.dump(metrics, file, indent=1)
+    print(f"tokenizer: held-out PSNR {metrics['psnr']:.2f} dB, codebook usage per scale "
+          f"{metrics['usage_per_scale']}; checkpoint {checkpoint_path}")
+
+
+def main(argv=None):
+    # 1. config: device, precision, the run to resume, the architecture ------------------------------------------
+    started = time.perf_counter()  # a --minutes budget counts from here
+    args = parse_args(argv)
+    distributed, device, checkpoint_path, resumed = start_run(args, "minvar-tokenizer")
+    try:
+        config = config_from_dict(VQVAEConfig, resumed["config"]) if resumed else build_config(args)
+    except CheckpointError as error:
+        raise SystemExit(f"error: {error}")
+    log = RunLog(args.out_dir, distributed)
+    log.write(f"args: {json.dumps(vars(args))}")
+
+    # 2. data ----------------------------------------------------------------------------------------------------
+    train_set, held_out_images = load_data(args, config.image_size, device)
+
+    # 3. model and losses ----------------------------------------------------------------------------------------
+    torch.manual_seed(args.seed)
+    vae = VQVAE(config).to(device)
+    # Usage EMAs start at zero, so the first dead-code restart (step --restart-every) re-seeds every unused code
+    # from real residuals: a data-dependent codebook init.
+    perceptual, discriminator = build_losses(args, device)
+
+    # 4. optimizers, resume --------------------------------------------------------------------------------------
+    optimizer, disc_optimizer = build_optimizers(args, vae, discriminator)
+    start_step = restore(args, resumed, vae, optimizer, discriminator, disc_optimizer, log)
     budget = TimeBudget(args.minutes, start_step, started) if args.minutes and start_step == 0 else None
     model = wrap_ddp(vae, distributed, device)
     if discriminator is not None:
         discriminator = wrap_ddp(discriminator, distributed, device)
-    restart_generator = torch.Generator(device=device).manual_seed(args.seed + 17)
-    if resumed is not None and resumed.get("restart_rng") is not None:
-        restart_generator.set_state(resumed["restart_rng"].to("cpu") if device.type == "cpu" else resumed["restart_rng"])
+    restart_generator = restart_generator_of(args, resumed, device)
 
-    # 5. train loop ---------------------------------------------------------------------------------------------
+    # 5. train loop ----------------------------------------------------------------------------------------------
+    vae.train()  # (the held-out grids switch it to eval mode and back)
     # with a budget the loader runs on (its batches are pure functions of the step) until the chosen total
     loader = make_loader(train_set, args.batch_size, args.seed, start_step,
                          args.steps if budget is None else 10 ** 12, distributed, args.workers)
     log.start(start_step)
-    bar = tqdm(loader, initial=start_step, total=args.steps, disable=not distributed.is_main, desc="tokenizer",
-               dynamic_ncols=True)
-    vae.train()
+    bar = progress_bar(loader, start_step, args.steps, distributed, "tokenizer")
     for step, (images, _) in enumerate(bar, start=start_step):
         if step >= args.steps:
             break
@@ -190,81 +309,29 @@ def main(argv=None):
         lr = cosine_lr(step, args.steps, args.learning_rate, args.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with autocast(device, args.bf16):
-            reconstruction, vq_loss, idx = model(images)
-            reconstruction = reconstruction.float()
-            # MSE by default: on small CPU models its gradient, large where the error is large, learns the shapes'
-            # colours in a few hundred steps where L1 (VQGAN's choice, paired there with perceptual and GAN losses)
-            # stays on the "background only" plateau for thousands (measured on the shapes dataset).
-            rec_loss = args.mse_weight * F.mse_loss(reconstruction, images) + \
-                args.l1_weight * F.l1_loss(reconstruction, images)
-            loss = rec_loss + vq_loss
-            if perceptual is not None:
-                loss = loss + args.perceptual_weight * perceptual(reconstruction, images)
-            gan_on = discriminator is not None and step >= args.disc_start
-            if gan_on:
-                from minvar.losses import adaptive_generator_weight, hinge_generator_loss
-                generator_loss = hinge_generator_loss(discriminator(reconstruction))
-                weight = adaptive_generator_weight(rec_loss, generator_loss, vae.decoder.conv_out.weight)
-                loss = loss + args.disc_weight * weight * generator_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if args.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), args.grad_clip)
-        optimizer.step()
-        if gan_on:  # the discriminator's own step: real images vs detached reconstructions
-            from minvar.losses import hinge_discriminator_loss
-            for group in disc_optimizer.param_groups:
-                group["lr"] = lr
-            with autocast(device, args.bf16):
-                d_loss = hinge_discriminator_loss(discriminator(images), discriminator(reconstruction.detach()))
-            disc_optimizer.zero_grad(set_to_none=True)
-            d_loss.backward()
-            disc_optimizer.step()
+        loss, rec_loss, vq_loss, reconstruction, gan_on = generator_step(args, step, model, vae, optimizer,
+                                                                         perceptual, discriminator, images, device)
+        if gan_on:
+            discriminator_step(args, discriminator, disc_optimizer, images, reconstruction, lr, device)
         if args.restart_every and (step + 1) % args.restart_every == 0:
-            with torch.no_grad():
-                latent = vae.encode_latent(images)
-            restarted = vae.quantize.restart_dead_codes(latent, args.dead_code_threshold, restart_generator)
-            if distributed.world_size > 1:  # every process must keep the same codebook
-                torch.distributed.broadcast(vae.quantize.embedding.weight.data, src=0)
-            if restarted:
-                log.write(f"step {step + 1}: restarted {restarted} dead codes")
+            restart_codes(args, vae, images, restart_generator, distributed, log, step + 1)
 
-        # 6. logging, grids, checkpoints --------------------------------------------------------------------------
+        # 6. logging, grids, checkpoints -----------------------------------------------------------------------------
         if distributed.is_main:
             bar.set_postfix(loss=f"{loss.item():.4f}", rec=f"{rec_loss.item():.4f}", vq=f"{vq_loss.item():.4f}",
                             lr=f"{lr:.1e}")
         done = step + 1
-        chosen = budget.total_steps(done, distributed) if budget is not None else None
-        if chosen is not None:
-            args.steps = bar.total = max(chosen, done)
-            log.write(f"--minutes {args.minutes}: {budget.seconds_per_step:.3f} s per step from step "
-                      f"{budget.begin_step} to {done}, so {args.steps} steps in all")
+        fix_total(args, budget, done, distributed, bar, log)
         if is_due(done, args.log_every, args.steps):
-            alive = (vae.quantize.ema_vocab_hit_SV > args.dead_code_threshold).float().mean(dim=1).tolist()
-            mean_loss = all_reduce_mean(loss.detach(), distributed).item()
-            log.write(f"step {done} loss {mean_loss:.5f} rec {rec_loss.item():.5f} vq {vq_loss.item():.5f} "
-                      f"lr {lr:.2e} img/s {log.images_per_second(done, args.batch_size):.1f} "
-                      f"codes alive per scale {[round(a, 3) for a in alive]} "
-                      f"skipped images {getattr(train_set, 'num_skipped', 0)}")
+            log_step(args, log, done, loss, rec_loss, vq_loss, lr, vae, distributed,
+                     getattr(train_set, "num_skipped", 0))
         if distributed.is_main and is_due(done, args.grid_every, args.steps):
-            metrics, reconstruction = evaluate(vae, held_out_images)
-            vae.train()
-            grid = torch.cat([held_out_images[:16], reconstruction[:16]])
-            save_image_grid(grid, os.path.join(args.out_dir, f"reconstructions_{done:06d}.png"), nrow=16)
-            log.write(f"step {done} held-out {json.dumps(metrics)}")
+            save_grid(args, vae, held_out_images, log, done)
         if distributed.is_main and is_due(done, args.save_every, args.steps):
-            save_checkpoint(checkpoint_path, "minvar-tokenizer", vae, config, done, train_set.class_names,
-                            optimizer, args=vars(args), total_steps=args.steps,
-                            restart_rng=restart_generator.get_state(),
-                            discriminator=unwrap(discriminator).state_dict() if discriminator is not None else None,
-                            disc_optimizer=disc_optimizer.state_dict() if disc_optimizer is not None else None)
+            save(checkpoint_path, args, vae, config, done, train_set.class_names, optimizer, restart_generator,
+                 discriminator, disc_optimizer)
     if distributed.is_main:
-        metrics, _ = evaluate(vae, held_out_images)
-        with open(os.path.join(args.out_dir, "metrics.json"), "w") as file:
-            json.dump(metrics, file, indent=1)
-        print(f"tokenizer: held-out PSNR {metrics['psnr']:.2f} dB, codebook usage per scale "
-              f"{metrics['usage_per_scale']}; checkpoint {checkpoint_path}")
+        finish(args, vae, held_out_images, checkpoint_path)
     del model, discriminator, bar, loader  # the DDP wrappers hold the process group: drop them before leaving it
     end_distributed(distributed)
 

@@ -17,10 +17,10 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from minvar.checkpoint import CheckpointError, config_from_dict, load_tokenizer, save_checkpoint
 from minvar.data import DataError, build_dataset, save_image_grid
@@ -29,8 +29,7 @@ from minvar.sampling import check_pair, generate
 from minvar.token_cache import TokenDataset, load_or_build_token_cache
 from minvar.training import (EMA, RunLog, TimeBudget, add_common_arguments, all_reduce_mean, autocast, end_distributed,
                              is_due, lr_wd_at, make_loader, non_negative_float, non_negative_int, positive_float,
-                             positive_int, probability, resolve_device, resolve_precision, resume_from, set_lr_wd,
-                             set_threads, setup_distributed, step_generator, wrap_ddp)
+                             positive_int, probability, progress_bar, set_lr_wd, start_run, step_generator, wrap_ddp)
 from minvar.var import VAR, VAR_PRESETS, VARConfig
 
 # Training recipes. dN are the official ImageNet ones (official README; docs/official_model.md): global batch,
@@ -110,47 +109,44 @@ def sample_grid(var, vae, class_names, path: str, cfg: float, seed: int = 0) -> 
     save_image_grid(images * 2 - 1, path, nrow=8)
 
 
-def main(argv=None):
-    # 1. config -------------------------------------------------------------------------------------------------
-    started = time.perf_counter()  # a --minutes budget counts from here
-    args = parse_args(argv)
-    distributed = setup_distributed(args.device)
-    device = resolve_device(args.device, distributed)
-    set_threads(args.threads)
-    args.precision = resolve_precision(args.precision, args.bf16, device)  # 'auto' -> what runs: fp32 or bf16
-    args.bf16 = args.precision == "bf16"
-    recipe = RECIPES[args.preset]
-    checkpoint_path, resumed = resume_from(args.out_dir, "minvar-var", args.resume)
+@dataclass
+class Schedule:
+    """How much a step sees and how long the run lasts (section 2 of `main`)."""
+    global_batch: int  # images per step over all processes
+    batch_size: int  # images per step in this process
+    steps: int  # total steps; a --minutes budget fixes it once, after timing the first steps
+    warmup: int  # steps of linear warmup
+    peak_lr: float  # the learning rate after warmup: base lr × global batch / 256
+
+
+def load_run_tokenizer(args, resumed, device: torch.device):
+    """The frozen tokenizer: the one a resumed run embedded in its checkpoint, else the --tokenizer file."""
     try:
         vae = load_tokenizer(resumed["tokenizer"] if resumed and resumed.get("tokenizer") else args.tokenizer)
     except CheckpointError as error:
         raise SystemExit(f"error: --tokenizer {args.tokenizer}: {error}")
-    vae = vae.to(device)
-    image_size = args.image_size or vae.config.image_size
-    log = RunLog(args.out_dir, distributed)
-    log.write(f"args: {json.dumps(vars(args))}")
+    return vae.to(device)
 
-    # 2. data ---------------------------------------------------------------------------------------------------
-    try:
-        train_set = build_dataset(args.data_path, image_size, train=True, num_images=args.num_images,
-                                  seed=args.seed, hflip=args.hflip)
-    except DataError as error:
-        raise SystemExit(f"error: {error}")
-    global_batch = (args.batch_size * distributed.world_size) if args.batch_size else recipe["global_batch"]
-    batch_size = global_batch // distributed.world_size
+
+def schedule(args, recipe: dict, dataset_size: int, world_size: int) -> Schedule:
+    """Global batch, steps, warmup and peak learning rate: the flags where given, else the recipe's."""
+    global_batch = (args.batch_size * world_size) if args.batch_size else recipe["global_batch"]
     if recipe["epochs"] and args.steps is None:
-        steps = recipe["epochs"] * math.ceil(len(train_set) / global_batch)
+        steps = recipe["epochs"] * math.ceil(dataset_size / global_batch)
     else:
         steps = args.steps or 1300
     warmup = args.warmup_steps if args.warmup_steps is not None else max(steps // 50, 1)
     peak_lr = (args.base_learning_rate or recipe["base_lr"]) * global_batch / 256
+    return Schedule(global_batch, global_batch // world_size, steps, warmup, peak_lr)
 
-    # 3. model --------------------------------------------------------------------------------------------------
+
+def build_model(args, vae, num_classes: int, resumed, image_size: int, device: torch.device, log: RunLog):
+    """(VAR, its config, its EMA or None): a resumed run's architecture, else the preset's fitted to the data."""
     torch.manual_seed(args.seed)
     if resumed is not None:
         config = config_from_dict(VARConfig, resumed["config"])
     else:
-        config = build_config(args, vae, train_set.num_classes)
+        config = build_config(args, vae, num_classes)
     var = VAR(config).to(device)
     try:
         check_pair(var, vae)
@@ -161,113 +157,196 @@ def main(argv=None):
                          f"{vae.config.image_size}px images with scales {vae.patch_nums}")
     ema = EMA(var, args.ema) if args.ema > 0 else None
     log.write(f"VAR: {sum(p.numel() for p in var.parameters()):,} parameters, {config}")
+    return var, config, ema
 
-    # 4. optimizer ----------------------------------------------------------------------------------------------
-    fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(var.parameter_groups(recipe["weight_decay"]), lr=peak_lr, betas=(0.9, 0.95),
-                                  fused=fused)
-    start_step = 0
-    if resumed is not None:
-        var.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        if ema is not None and resumed.get("ema_model") is not None:
-            ema.model.load_state_dict(resumed["ema_model"])
-        torch.set_rng_state(resumed["rng_state"])
-        start_step = resumed["step"]
-        log.write(f"resumed from step {start_step}")
-        if (resumed.get("args") or {}).get("minutes"):  # the total that --minutes chose; never re-measured
-            steps = resumed["total_steps"]
+
+def restore(resumed, var, optimizer, ema, plan: Schedule, log: RunLog) -> int:
+    """Load a resumed run's weights, optimizer, EMA and random state; returns the step to start from (0: a new run)."""
+    if resumed is None:
+        return 0
+    var.load_state_dict(resumed["model"])
+    optimizer.load_state_dict(resumed["optimizer"])
+    if ema is not None and resumed.get("ema_model") is not None:
+        ema.model.load_state_dict(resumed["ema_model"])
+    torch.set_rng_state(resumed["rng_state"])
+    log.write(f"resumed from step {resumed['step']}")
+    if (resumed.get("args") or {}).get("minutes"):  # the total that --minutes chose; never re-measured
+        plan.steps = resumed["total_steps"]
+    return resumed["step"]
+
+
+def embedded_tokenizer(vae):
+    """A small tokenizer (under 20M parameters) travels inside every checkpoint, so the run needs no other file."""
+    if sum(p.numel() for p in vae.parameters()) >= 20_000_000:
+        return None
+    return {"kind": "minvar-tokenizer", "config": vars(vae.config), "model": vae.state_dict()}
+
+
+def step_data(args, vae, train_set, distributed, log: RunLog):
+    """(what the loader reads, a function that counts the images skipped as unreadable).
+
+    By default the token cache: items (tokens (L,), label), the dataset encoded once; rank 0 builds it, the other
+    ranks wait and read it. With --encode-on-the-fly the images themselves: items (image (3, H, W), label).
+    """
+    if args.encode_on_the_fly:
+        return train_set, lambda: getattr(train_set, "num_skipped", 0)  # counted as the loader reads
+    barrier = torch.distributed.barrier if distributed.world_size > 1 else None
+    cache = load_or_build_token_cache(os.path.join(args.out_dir, "token_cache.pt"), vae, train_set, args.hflip,
+                                      distributed.is_main, barrier, log.write)
+    return TokenDataset(cache, seed=args.seed), lambda: cache.get("num_skipped", 0)  # counted when it was built
+
+
+@torch.no_grad()  # fp32, outside autocast (official trainer)
+def teacher_forcing(vae, inputs, encode_on_the_fly: bool):
+    """(targets (B, L), teacher-forcing input (B, L-1, Cvae)) from a batch of images or of cached tokens."""
+    if encode_on_the_fly:
+        idx = vae.img_to_idx(inputs)  # K LongTensors (B, pn²)
+        target_BL = torch.cat(idx, dim=1)
+    else:
+        target_BL = inputs  # the same tokens the two lines above would compute
+        idx = list(target_BL.split([pn * pn for pn in vae.patch_nums], dim=1))  # K LongTensors (B, pn²)
+    return target_BL, vae.idx_to_var_input(idx)
+
+
+def label_dropout(args, step: int, plan: Schedule, distributed, device: torch.device) -> torch.Tensor:
+    """Which labels of this process's batch become the "no class" label (for guidance), (B,) bools.
+
+    Drawn over the GLOBAL batch from a generator seeded by (seed, step): identical on resume and across processes.
+    """
+    drop_G = torch.rand(plan.global_batch, generator=step_generator(args.seed, step, "cpu")) < args.cond_drop_rate
+    rank = distributed.rank
+    return drop_G[rank * plan.batch_size:(rank + 1) * plan.batch_size].to(device)
+
+
+def train_step(args, model, var, optimizer, ema, labels, x_BLCv, target_BL, drop_B, device: torch.device):
+    """Forward (bf16 autocast if asked), cross entropy over all L tokens, backward, clip, AdamW step, EMA.
+
+    Returns (loss, logits (B, L, V), the gradient norm before clipping).
+    """
+    with autocast(device, args.bf16):
+        logits_BLV = model(labels, x_BLCv, drop_B)
+    loss = F.cross_entropy(logits_BLV.float().flatten(0, 1), target_BL.flatten(),
+                           label_smoothing=args.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(var.parameters(), args.grad_clip)
+    optimizer.step()
+    if ema is not None:
+        ema.update(var)
+    return loss, logits_BLV, grad_norm
+
+
+def fix_total(args, budget, done: int, plan: Schedule, distributed, bar, log: RunLog) -> None:
+    """Under --minutes: once the budget has timed its first steps, set the run's total steps (and say so)."""
+    chosen = budget.total_steps(done, distributed) if budget is not None else None
+    if chosen is not None:
+        plan.steps = args.steps = max(chosen, done)
+        bar.total = plan.steps
+        log.write(f"--minutes {args.minutes}: {budget.seconds_per_step:.3f} s per step from step "
+                  f"{budget.begin_step} to {done}, so {plan.steps} steps in all (warmup {plan.warmup})")
+
+
+def log_step(log: RunLog, done: int, loss, logits_BLV, target_BL, lr: float, wd: float, grad_norm, config,
+             plan: Schedule, peak, distributed, skipped_images: int) -> None:
+    """One log.txt line: loss and token accuracy averaged over processes, schedule, gradient norm, speed, MFU."""
+    mean_loss = all_reduce_mean(loss.detach(), distributed).item()
+    accuracy = all_reduce_mean((logits_BLV.argmax(-1) == target_BL).float().mean(), distributed).item()
+    # MFU: the step's model FLOPs (minvar/flops.py) / the step time / the peak of all processes' devices
+    images_per_second = log.images_per_second(done, plan.global_batch)
+    utilisation = mfu(var_training_flops(config, plan.global_batch), plan.global_batch / max(images_per_second, 1e-9),
+                      peak * distributed.world_size if peak else None)
+    mfu_text = "-" if utilisation is None else f"{100 * utilisation:.1f}%"
+    log.write(f"step {done} loss {mean_loss:.4f} acc {accuracy:.4f} lr {lr:.3e} wd {wd:.4f} "
+              f"grad_norm {grad_norm.item():.3f} "
+              f"img/s {images_per_second:.1f} mfu {mfu_text} "
+              f"skipped images {skipped_images}")
+
+
+def save_samples(args, var, ema, vae, class_names, done: int) -> None:
+    """A sample grid from the EMA weights if any, else the trained ones; the model goes back to training mode."""
+    net = ema.model if ema is not None else var
+    net.eval()
+    sample_grid(net, vae, class_names, os.path.join(args.out_dir, f"samples_{done:06d}.png"), args.cfg)
+    var.train()
+
+
+def save(checkpoint_path: str, args, var, config, done: int, class_names, optimizer, ema, tokenizer_state,
+         plan: Schedule) -> None:
+    """The self-describing checkpoint: weights, optimizer, EMA, config, step, random state, flags, chosen total."""
+    save_checkpoint(checkpoint_path, "minvar-var", var, config, done, class_names, optimizer,
+                    ema_model=ema.model.state_dict() if ema is not None else None,
+                    tokenizer=tokenizer_state, tokenizer_path=os.path.abspath(args.tokenizer),
+                    rng_state=torch.get_rng_state(), args=vars(args), total_steps=plan.steps)
+
+
+def main(argv=None):
+    # 1. config: device, precision, the run to resume, the frozen tokenizer --------------------------------------
+    started = time.perf_counter()  # a --minutes budget counts from here
+    args = parse_args(argv)
+    distributed, device, checkpoint_path, resumed = start_run(args, "minvar-var")
+    recipe = RECIPES[args.preset]
+    vae = load_run_tokenizer(args, resumed, device)
+    image_size = args.image_size or vae.config.image_size
+    log = RunLog(args.out_dir, distributed)
+    log.write(f"args: {json.dumps(vars(args))}")
+
+    # 2. data and schedule ---------------------------------------------------------------------------------------
+    try:
+        train_set = build_dataset(args.data_path, image_size, train=True, num_images=args.num_images,
+                                  seed=args.seed, hflip=args.hflip)
+    except DataError as error:
+        raise SystemExit(f"error: {error}")
+    plan = schedule(args, recipe, len(train_set), distributed.world_size)
+
+    # 3. model ---------------------------------------------------------------------------------------------------
+    var, config, ema = build_model(args, vae, train_set.num_classes, resumed, image_size, device, log)
+
+    # 4. optimizer (AdamW, betas (0.9, 0.95) as official; weight decay on the matrices only), resume --------------
+    optimizer = torch.optim.AdamW(var.parameter_groups(recipe["weight_decay"]), lr=plan.peak_lr, betas=(0.9, 0.95),
+                                  fused=device.type == "cuda")
+    start_step = restore(resumed, var, optimizer, ema, plan, log)
     budget = TimeBudget(args.minutes, start_step, started) if args.minutes and start_step == 0 else None
     model = wrap_ddp(var, distributed, device)
-    tokenizer_state = {"kind": "minvar-tokenizer", "config": vars(vae.config), "model": vae.state_dict()} \
-        if sum(p.numel() for p in vae.parameters()) < 20_000_000 else None  # embed small tokenizers
+    tokenizer_state = embedded_tokenizer(vae)
 
-    # 5. train loop ---------------------------------------------------------------------------------------------
-    if args.encode_on_the_fly:
-        step_set = train_set  # items: (image (3, H, W), label)
-        skipped_images = lambda: getattr(train_set, "num_skipped", 0)  # noqa: E731 (counted as the loader reads)
-    else:  # items: (tokens (L,), label), the dataset encoded once; rank 0 builds, the other ranks wait and read
-        barrier = torch.distributed.barrier if distributed.world_size > 1 else None
-        cache = load_or_build_token_cache(os.path.join(args.out_dir, "token_cache.pt"), vae, train_set, args.hflip,
-                                          distributed.is_main, barrier, log.write)
-        step_set = TokenDataset(cache, seed=args.seed)
-        skipped_images = lambda: cache.get("num_skipped", 0)  # noqa: E731 (counted when the cache was built)
-    scale_lengths = [pn * pn for pn in vae.patch_nums]
+    # 5. train loop ----------------------------------------------------------------------------------------------
+    step_set, skipped_images = step_data(args, vae, train_set, distributed, log)
     # with a budget the loader runs on (its batches are pure functions of the step) until the chosen total
-    loader = make_loader(step_set, batch_size, args.seed, start_step, steps if budget is None else 10 ** 12,
+    loader = make_loader(step_set, plan.batch_size, args.seed, start_step, plan.steps if budget is None else 10 ** 12,
                          distributed, args.workers)
     peak = peak_flops(device, args.precision)  # FLOP/s of one device: GPU table, or measured once on a CPU
     log.write(f"precision {args.precision}, {torch.get_num_threads()} CPU threads, device peak "
               f"{'unknown' if peak is None else f'{peak / 1e12:.3g} TFLOP/s'}")
     log.start(start_step)
-    bar = tqdm(loader, initial=start_step, total=steps, disable=not distributed.is_main, desc="VAR",
-               dynamic_ncols=True)
+    bar = progress_bar(loader, start_step, plan.steps, distributed, "VAR")
     var.train()
     for step, (inputs, labels) in enumerate(bar, start=start_step):
-        if step >= steps:
+        if step >= plan.steps:
             break
         inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        lr, wd = lr_wd_at(step, steps, peak_lr, warmup, final_lr_ratio=recipe["final_lr_ratio"],
+        lr, wd = lr_wd_at(step, plan.steps, plan.peak_lr, plan.warmup, final_lr_ratio=recipe["final_lr_ratio"],
                           weight_decay=recipe["weight_decay"], final_weight_decay=recipe["final_weight_decay"])
         set_lr_wd(optimizer, lr, wd)
-        with torch.no_grad():  # fp32, outside autocast (official trainer)
-            if args.encode_on_the_fly:
-                idx = vae.img_to_idx(inputs)  # K LongTensors (B, pn²)
-                target_BL = torch.cat(idx, dim=1)  # (B, L)
-            else:
-                target_BL = inputs  # (B, L), the same tokens the line above would compute
-                idx = list(target_BL.split(scale_lengths, dim=1))  # K LongTensors (B, pn²)
-            x_BLCv = vae.idx_to_var_input(idx)  # (B, L-1, Cvae)
-        # label dropout from a per-step generator over the GLOBAL batch: identical on resume and across processes
-        drop_G = torch.rand(global_batch, generator=step_generator(args.seed, step, "cpu")) < args.cond_drop_rate
-        rank = distributed.rank
-        drop_B = drop_G[rank * batch_size:(rank + 1) * batch_size].to(device)
-        with autocast(device, args.bf16):
-            logits_BLV = model(labels, x_BLCv, drop_B)
-        loss = F.cross_entropy(logits_BLV.float().flatten(0, 1), target_BL.flatten(),
-                               label_smoothing=args.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(var.parameters(), args.grad_clip)
-        optimizer.step()
-        if ema is not None:
-            ema.update(var)
+        target_BL, x_BLCv = teacher_forcing(vae, inputs, args.encode_on_the_fly)
+        drop_B = label_dropout(args, step, plan, distributed, device)
+        loss, logits_BLV, grad_norm = train_step(args, model, var, optimizer, ema, labels, x_BLCv, target_BL, drop_B,
+                                                 device)
 
-        # 6. logging, samples, checkpoints ------------------------------------------------------------------------
+        # 6. logging, samples, checkpoints ---------------------------------------------------------------------------
         done = step + 1
-        chosen = budget.total_steps(done, distributed) if budget is not None else None
-        if chosen is not None:
-            steps = args.steps = max(chosen, done)
-            bar.total = steps
-            log.write(f"--minutes {args.minutes}: {budget.seconds_per_step:.3f} s per step from step "
-                      f"{budget.begin_step} to {done}, so {steps} steps in all (warmup {warmup})")
+        fix_total(args, budget, done, plan, distributed, bar, log)
         if distributed.is_main:
             accuracy = (logits_BLV.argmax(-1) == target_BL).float().mean().item()
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.3f}", lr=f"{lr:.1e}")
-        if is_due(done, args.log_every, steps):
-            mean_loss = all_reduce_mean(loss.detach(), distributed).item()
-            accuracy = all_reduce_mean((logits_BLV.argmax(-1) == target_BL).float().mean(), distributed).item()
-            # MFU: the step's model FLOPs (minvar/flops.py) / the step time / the peak of all processes' devices
-            images_per_second = log.images_per_second(done, global_batch)
-            utilisation = mfu(var_training_flops(config, global_batch), global_batch / max(images_per_second, 1e-9),
-                              peak * distributed.world_size if peak else None)
-            mfu_text = "-" if utilisation is None else f"{100 * utilisation:.1f}%"
-            log.write(f"step {done} loss {mean_loss:.4f} acc {accuracy:.4f} lr {lr:.3e} wd {wd:.4f} "
-                      f"grad_norm {grad_norm.item():.3f} "
-                      f"img/s {images_per_second:.1f} mfu {mfu_text} "
-                      f"skipped images {skipped_images()}")
-        if distributed.is_main and is_due(done, args.sample_every, steps):
-            net = ema.model if ema is not None else var
-            net.eval()
-            sample_grid(net, vae, train_set.class_names, os.path.join(args.out_dir, f"samples_{done:06d}.png"),
-                        args.cfg)
-            var.train()
-        if distributed.is_main and is_due(done, args.save_every, steps):
-            save_checkpoint(checkpoint_path, "minvar-var", var, config, done, train_set.class_names, optimizer,
-                            ema_model=ema.model.state_dict() if ema is not None else None,
-                            tokenizer=tokenizer_state, tokenizer_path=os.path.abspath(args.tokenizer),
-                            rng_state=torch.get_rng_state(), args=vars(args), total_steps=steps)
-    if distributed.is_main and start_step < steps:  # a resumed, already finished run trains no step
+        if is_due(done, args.log_every, plan.steps):
+            log_step(log, done, loss, logits_BLV, target_BL, lr, wd, grad_norm, config, plan, peak, distributed,
+                     skipped_images())
+        if distributed.is_main and is_due(done, args.sample_every, plan.steps):
+            save_samples(args, var, ema, vae, train_set.class_names, done)
+        if distributed.is_main and is_due(done, args.save_every, plan.steps):
+            save(checkpoint_path, args, var, config, done, train_set.class_names, optimizer, ema, tokenizer_state,
+                 plan)
+    if distributed.is_main and start_step < plan.steps:  # a resumed, already finished run trains no step
         print(f"VAR: final loss {loss.item():.4f}; checkpoint {checkpoint_path}")
     del model, bar, loader  # the DDP wrappers hold the process group: drop them before leaving it
     end_distributed(distributed)

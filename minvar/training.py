@@ -29,6 +29,7 @@ from typing import Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -180,6 +181,23 @@ def resume_from(out_dir: str, kind: str, resume: bool):
         return path, load_checkpoint(path, kind)
     except CheckpointError as error:
         raise SystemExit(f"error: {error}")
+
+
+def start_run(args, kind: str):
+    """Step 1 of both training scripts: join the process group (under torchrun), pick the device, the CPU threads
+    and the precision, and read the checkpoint to resume from.
+
+    Writes the resolved precision back into `args` ('auto' becomes what runs: 'fp32' or 'bf16', and --bf16 follows
+    it), so that the run log and the checkpoint record it. Returns (distributed, device, checkpoint path, the
+    checkpoint dict to resume from or None).
+    """
+    distributed = setup_distributed(args.device)
+    device = resolve_device(args.device, distributed)
+    set_threads(args.threads)
+    args.precision = resolve_precision(args.precision, args.bf16, device)
+    args.bf16 = args.precision == "bf16"
+    checkpoint_path, resumed = resume_from(args.out_dir, kind, args.resume)
+    return distributed, device, checkpoint_path, resumed
 
 
 def all_reduce_mean(value: torch.Tensor, distributed: Distributed) -> torch.Tensor:
@@ -445,6 +463,12 @@ class RunLog:
     def start(self, step: int) -> None:
         """Restart the throughput clock at `step` (the first step this process trains)."""
         self.last_time, self.last_step = time.time(), step
+
+
+def progress_bar(loader, start_step: int, total: int, distributed: Distributed, desc: str):
+    """tqdm over a training loader, counting from the step a run starts at (a resumed run's); on rank 0 only."""
+    return tqdm(loader, initial=start_step, total=total, disable=not distributed.is_main, desc=desc,
+                dynamic_ncols=True)
 
 
 def is_due(done: int, every: int, last: int) -> bool:
