@@ -424,11 +424,12 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        for ema_value, value in zip(self.model.state_dict().values(), model.state_dict().values()):
-            if ema_value.dtype.is_floating_point:
-                ema_value.lerp_(value, 1 - self.decay)
-            else:
-                ema_value.copy_(value)
+        """Average the parameters; copy the buffers. A buffer is state, not a weight: VAR's block-causal mask holds
+        -inf, and a lerp of -inf with -inf is NaN, which would poison a teacher-forced forward of the EMA model."""
+        for ema_parameter, parameter in zip(self.model.parameters(), model.parameters()):
+            ema_parameter.lerp_(parameter, 1 - self.decay)
+        for ema_buffer, buffer in zip(self.model.buffers(), model.buffers()):
+            ema_buffer.copy_(buffer)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

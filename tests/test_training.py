@@ -54,3 +54,26 @@ def test_periodic_actions_run_every_n_steps_and_after_the_last():
     assert [done for done in range(1, 8) if is_due(done, 3, 7)] == [3, 6, 7]
     assert [done for done in range(1, 8) if is_due(done, 0, 7)] == [7]
     assert [done for done in range(1, 7) if is_due(done, 2, 6)] == [2, 4, 6]
+
+
+def test_ema_averages_parameters_and_copies_buffers():
+    """The EMA model averages parameters (decay 0.5: halfway between old and new) and copies buffers, so VAR's
+    block-causal mask keeps its -inf entries (a lerp of -inf with -inf is NaN) and the EMA model's teacher-forced
+    forward stays finite."""
+    from minvar.training import EMA
+    from minvar.var import VAR
+    torch.manual_seed(0)
+    var = VAR.from_preset("tiny", num_classes=3)
+    ema = EMA(var, decay=0.5)
+    before = [p.detach().clone() for p in var.parameters()]
+    with torch.no_grad():
+        for p in var.parameters():
+            p.add_(1.0)
+    ema.update(var)
+    for old, new, averaged in zip(before, var.parameters(), ema.model.parameters()):
+        assert torch.allclose(averaged, (old + new) / 2)
+    assert torch.equal(ema.model.attn_bias_for_masking, var.attn_bias_for_masking)
+    assert torch.isinf(ema.model.attn_bias_for_masking).any()
+    x = torch.randn(2, var.L - 1, var.config.code_dim)
+    logits = ema.model(torch.tensor([0, 1]), x)
+    assert torch.isfinite(logits).all()
