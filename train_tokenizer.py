@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from minvar.checkpoint import CheckpointError, config_from_dict, save_checkpoint
 from minvar.data import DataError, build_dataset, save_image_grid
 from minvar.metrics import codebook_usage, psnr
-from minvar.training import (RunLog, TimeBudget, add_common_arguments, all_reduce_mean, autocast, end_distributed,
-                             is_due, make_loader, non_negative_float, non_negative_int, positive_float, positive_int,
-                             probability, progress_bar, start_run, unwrap, wrap_ddp)
+from minvar.training import (RunLog, TimeBudget, add_common_arguments, all_reduce_mean, autocast, cosine_lr_at,
+                             end_distributed, is_due, make_loader, non_negative_float, non_negative_int,
+                             positive_float, positive_int, probability, progress_bar, start_run, unwrap, wrap_ddp)
 from minvar.vqvae import VQVAE, VQVAE_PRESETS, VQVAEConfig
 
 
@@ -84,14 +84,6 @@ def build_config(args) -> VQVAEConfig:
     except ValueError as error:
         raise SystemExit(f"error: {error}")
     return config
-
-
-def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
-    """Linear warmup, then cosine decay to 10% of the peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item()))
 
 
 @torch.no_grad()
@@ -306,7 +298,7 @@ def main(argv=None):
         if step >= args.steps:
             break
         images = images.to(device, non_blocking=True)
-        lr = cosine_lr(step, args.steps, args.learning_rate, args.warmup_steps)
+        lr = cosine_lr_at(step, args.steps, args.learning_rate, args.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss, rec_loss, vq_loss, reconstruction, gan_on = generator_step(args, step, model, vae, optimizer,

@@ -350,6 +350,18 @@ def lr_wd_at(step: int, total_steps: int, peak_lr: float, warmup_steps: int, war
     return peak_lr * factor, wd
 
 
+def cosine_lr_at(step: int, total_steps: int, peak_lr: float, warmup_steps: int,
+                 final_lr_ratio: float = 0.1) -> float:
+    """The tokenizer's schedule (train_tokenizer.py; the official repository trains no tokenizer): linear warmup to
+    the peak over warmup_steps (step 0 already at peak/warmup_steps), then cosine decay to final_lr_ratio·peak at
+    the last step. The transformer follows the official lin0 schedule above instead."""
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    cosine = torch.cos(torch.tensor(progress * math.pi)).item()  # in float32, as the runs measured in the README
+    return peak_lr * (final_lr_ratio + (1 - final_lr_ratio) * 0.5 * (1 + cosine))
+
+
 def set_lr_wd(optimizer: torch.optim.Optimizer, lr: float, wd: float) -> None:
     """Write the step's learning rate into every group, and its weight decay into the groups that decay."""
     for group in optimizer.param_groups:

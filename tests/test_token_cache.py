@@ -22,7 +22,7 @@ import train_tokenizer  # noqa: E402
 import train_var  # noqa: E402
 from minvar.checkpoint import load_tokenizer  # noqa: E402
 from minvar.data import ImageFolderDataset, ShapesDataset  # noqa: E402
-from minvar.training import lr_wd_at  # noqa: E402
+from minvar.training import cosine_lr_at, lr_wd_at  # noqa: E402
 from minvar.token_cache import TokenDataset, load_or_build_token_cache  # noqa: E402
 
 VAR_ARGS = ["--device", "cpu", "--num-images", "8", "--batch-size", "4", "--width", "64", "--depth", "1",
@@ -121,7 +121,7 @@ def test_minutes_budget_stops_in_time_with_the_schedule_completed(script, tokeni
                               "--batch-size", "4", "--warmup-steps", "2", "--log-every", "1", "--grid-every", "0",
                               "--save-every", "0", "--restart-every", "0"])
         peak = 3e-3
-        expected = lambda step, total: train_tokenizer.cosine_lr(step, total, peak, 2)  # noqa: E731
+        expected = lambda step, total: cosine_lr_at(step, total, peak, 2)  # noqa: E731
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     step, lr = last_logged(out, "lr")
     assert "--minutes 0.1:" in (out / "log.txt").read_text()
