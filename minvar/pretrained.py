@@ -1,5 +1,7 @@
 """The released VAR weights by name: `download("d16")` fetches var_d16.pth from the official Hugging Face repository.
 
+Paper: the VAR-d16 ... d36 models of Table 1 and Section 4, as the official repository releases them.
+
     from minvar.pretrained import download, load
     path = download("vae")                   # ~/.cache/minvar/vae_ch160v4096z32.pth (or $MINVAR_CACHE)
     vae, var = load("d16")                   # both files, loaded strictly, checked to fit together
