@@ -29,12 +29,13 @@ def atomic_save(obj, path: str) -> None:
     (and a run killed during a save) see the old or the new file, never half of one."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    # the temporary file must sit in the destination's folder: os.replace is atomic only within one file system
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
     try:
         with os.fdopen(handle, "wb") as file:
             torch.save(obj, file)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException:  # KeyboardInterrupt too: never leave a half-written temporary file behind
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
@@ -71,7 +72,9 @@ def config_from_dict(config_class, values: Dict[str, Any]):
     if unknown:
         raise CheckpointError(f"the checkpoint's {config_class.__name__} has fields {unknown} that this minvar "
                               f"version does not know; was it written by another version?")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}  # tuples survive as lists
+    # asdict() keeps tuples, but a checkpoint written as JSON-like data may hold them as lists (patch_nums): the
+    # configs compare and hash their schedules as tuples, so they are turned back
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return config_class(**values)
 
 
@@ -82,6 +85,7 @@ def load_tokenizer(path_or_dict) -> VQVAE:
         return load_official_vqvae(data)
     data = load_checkpoint(path_or_dict if "kind" not in data else data, "minvar-tokenizer")
     vae = VQVAE(config_from_dict(VQVAEConfig, data["config"]))
+    # EMA weights, when the run kept them, are the ones to use: they are the smoother of the two
     strict_load(vae, data.get("ema_model") or data["model"], "VQVAE")
     return vae.eval().requires_grad_(False)
 
@@ -92,7 +96,7 @@ def load_var(path_or_dict, use_ema: bool = True) -> VAR:
     if "kind" not in data and kind_of_state_dict(data) == "var":  # a released var_dN.pth
         return load_official_var(data)
     data = load_checkpoint(path_or_dict if "kind" not in data else data, "minvar-var")
-    var = VAR(config_from_dict(VARConfig, data["config"]))
+    var = VAR(config_from_dict(VARConfig, data["config"]))  # the architecture from the config, then strict weights
     weights = data["ema_model"] if use_ema and data.get("ema_model") is not None else data["model"]
     strict_load(var, weights, "VAR")
     return var.eval()
