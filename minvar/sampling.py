@@ -107,7 +107,7 @@ def sample_scales(var, vae, label_B: torch.Tensor, cfg: float = 1.5, top_k: int 
     # NOTE (differs from official VAR): with cfg = 0 the unconditional half would be multiplied by 0, so it is not
     # computed at all (the official sampler always runs both halves); the tokens are the same, at half the cost.
     guided = cfg != 0
-    cond_2BD = var.class_emb(torch.cat((label_B, null_B)) if guided else label_B)  # (2B, C): conditional, then null
+    cond_2BD = var.class_emb(torch.cat((label_B, null_B)) if guided else label_B)  # (2B or B, C): conditional, then null
     x_2BlC = var.embed_start(cond_2BD)  # (2B, 1, C) the first scale's input is the class token alone
     f_hat = torch.zeros(B, quantizer.code_dim, size, size, device=label_B.device)  # (B, Cvae, h, w)
     kv_caches = [dict() for _ in var.blocks]
