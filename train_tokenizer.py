@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from minvar.checkpoint import CheckpointError, config_from_dict, save_checkpoint
 from minvar.data import DataError, build_dataset, save_image_grid
+from minvar.flops import mfu, peak_flops, vqvae_training_flops
 from minvar.metrics import codebook_usage, psnr
 from minvar.training import (RunLog, TimeBudget, add_common_arguments, all_reduce_mean, autocast, cosine_lr_at,
                              end_distributed, is_due, make_loader, non_negative_float, non_negative_int,
@@ -217,13 +218,18 @@ def fix_total(args, budget, done: int, distributed, bar, log: RunLog) -> None:
                   f"{budget.begin_step} to {done}, so {args.steps} steps in all")
 
 
-def log_step(args, log: RunLog, done: int, loss, rec_loss, vq_loss, lr: float, vae, distributed,
-             skipped_images: int) -> None:
-    """One log.txt line: the losses (the total averaged over processes), lr, speed and the live codes per scale."""
+def log_step(args, log: RunLog, done: int, loss, rec_loss, vq_loss, lr: float, vae, distributed, step_flops,
+             peak, skipped_images: int) -> None:
+    """One log.txt line: the losses (the total averaged over processes), lr, speed, MFU and live codes per scale."""
     alive = (vae.quantize.ema_vocab_hit_SV > args.dead_code_threshold).float().mean(dim=1).tolist()
     mean_loss = all_reduce_mean(loss.detach(), distributed).item()
+    # MFU: the step's counted FLOPs (minvar/flops.py) / the step time / the peak of all processes' devices
+    images_per_second = log.images_per_second(done, args.batch_size)
+    utilisation = mfu(step_flops, args.batch_size / max(images_per_second, 1e-9),
+                      peak * distributed.world_size if peak else None)
+    mfu_text = "-" if utilisation is None else f"{100 * utilisation:.1f}%"
     log.write(f"step {done} loss {mean_loss:.5f} rec {rec_loss.item():.5f} vq {vq_loss.item():.5f} "
-              f"lr {lr:.2e} img/s {log.images_per_second(done, args.batch_size):.1f} "
+              f"lr {lr:.2e} img/s {images_per_second:.1f} mfu {mfu_text} "
               f"codes alive per scale {[round(a, 3) for a in alive]} "
               f"skipped images {skipped_images}")
 
@@ -292,6 +298,10 @@ def main(argv=None):
     # with a budget the loader runs on (its batches are pure functions of the step) until the chosen total
     loader = make_loader(train_set, args.batch_size, args.seed, start_step,
                          args.steps if budget is None else 10 ** 12, distributed, args.workers)
+    peak = peak_flops(device, args.precision)  # FLOP/s of one device: GPU table, or measured once on a CPU
+    step_flops = vqvae_training_flops(config, args.batch_size)  # one process's step (the VQVAE alone)
+    log.write(f"precision {args.precision}, {torch.get_num_threads()} CPU threads, device peak "
+              f"{'unknown' if peak is None else f'{peak / 1e12:.3g} TFLOP/s'}")
     log.start(start_step)
     bar = progress_bar(loader, start_step, args.steps, distributed, "tokenizer")
     for step, (images, _) in enumerate(bar, start=start_step):
@@ -315,8 +325,8 @@ def main(argv=None):
         done = step + 1
         fix_total(args, budget, done, distributed, bar, log)
         if is_due(done, args.log_every, args.steps):
-            log_step(args, log, done, loss, rec_loss, vq_loss, lr, vae, distributed,
-                     getattr(train_set, "num_skipped", 0))
+            log_step(args, log, done, loss, rec_loss, vq_loss, lr, vae, distributed, step_flops,
+                     peak, getattr(train_set, "num_skipped", 0))
         if distributed.is_main and is_due(done, args.grid_every, args.steps):
             save_grid(args, vae, held_out_images, log, done)
         if distributed.is_main and is_due(done, args.save_every, args.steps):

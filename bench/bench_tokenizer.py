@@ -12,7 +12,8 @@ What is timed (VAR paper Section 3.2, Algorithms 1-2; official `models/vqvae.py`
 
 Rows, timing, dtypes and the table are those of bench_var.py (median of --repeats timed calls after --warmup,
 torch.cuda.synchronize around every call on CUDA, bf16 = torch.autocast(bfloat16)); its helpers are imported from
-the same folder.
+the same folder. Training rows give their MFU: the VQVAE step's FLOPs counted by PyTorch on the meta device
+(`minvar.flops.vqvae_training_flops`, the same count train_tokenizer.py logs) / the time / the device's peak.
 
     python bench/bench_tokenizer.py                                   # tiny tokenizer, 32px, batch 32
     python bench/bench_tokenizer.py --preset official --batch-size 2  # the released VQVAE's architecture, 256px
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 
 from bench_var import add_measurement_arguments, autocast, environment, measure, print_table, row, setup, write_json
 from minvar import VQVAE
+from minvar.flops import vqvae_training_flops
 from minvar.vqvae import VQVAE_PRESETS
 
 
@@ -77,7 +79,8 @@ def main() -> None:
                 optimizer.step()
 
             timing = measure(train_step, device, args.warmup, args.repeats, f"{args.preset} train {dtype}")
-            rows.append(row(args.preset, num_params, dtype, "train", B, timing))
+            rows.append(row(args.preset, num_params, dtype, "train", B, timing,
+                            flops=vqvae_training_flops(cfg, B), device=device))
             del optimizer  # free the Adam state before the next row (matters for the peak memory on CUDA)
             vae.zero_grad(set_to_none=True)
 

@@ -1,7 +1,7 @@
 """Counting floating-point operations: a VAR training step from its config (for MFU), or any call by running it.
 
-Two counts for two jobs: `var_training_flops` / `peak_flops` / `mfu` below give the MFU of the training log and the
-benchmarks; `count_flops` runs a call under PyTorch's FlopCounterMode for tutorials/07_ablations.py (equal training
+Two counts for two jobs: `var_training_flops` / `vqvae_training_flops` / `peak_flops` / `mfu` below give the MFU of
+the two training logs and the benchmarks; `count_flops` runs a call under PyTorch's FlopCounterMode for tutorials/07_ablations.py (equal training
 compute for every row, sampling cost per image) and bench/bench_cost.py (the cost of generation as the token map
 grows: the paper's O(n⁶) vs O(n⁴), Section 3.1).
 
@@ -59,6 +59,28 @@ def var_training_flops(config, batch_size: int) -> float:
     linear_params = cfg.code_dim * C + cfg.depth * per_block + C * cfg.vocab_size
     tokens = batch_size * L
     return 6 * linear_params * tokens + 12 * cfg.depth * batch_size * L * L * C
+
+
+def vqvae_training_flops(config, batch_size: int) -> float:
+    """FLOPs of one tokenizer training step: the VQVAE's forward and backward on `batch_size` images of its size.
+
+    Counted rather than derived by hand: for a convolutional network the count is a sum of 2·k²·C_in·C_out·H·W over
+    some fifty layers, exactly what PyTorch's FlopCounterMode adds up (`count_flops` below). The model is built on
+    the meta device (shapes only: no memory, no arithmetic), so even the released 256px tokenizer (1.8 TFLOP per
+    image and step) is counted in well under a second. The LPIPS network and the discriminator, when a run turns
+    them on, are not counted, so its MFU is then a lower bound.
+    """
+    from minvar.vqvae import VQVAE  # here, not at the top: the VAR-only users of this module need no VQVAE
+    with torch.device("meta"):
+        vae = VQVAE(config)
+    vae.eval()  # training mode adds only the codebook-usage statistics, a bincount that meta tensors cannot run
+    images = torch.empty(1, 3, config.image_size, config.image_size, device="meta")
+
+    def one_image_step():
+        reconstruction, vq_loss, _ = vae(images)
+        (reconstruction.square().mean() + vq_loss).backward()
+
+    return batch_size * count_flops(one_image_step)
 
 
 def measured_cpu_peak(dtype: torch.dtype = torch.float32, size: int = 1024) -> float:

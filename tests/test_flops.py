@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from minvar import VAR, VARConfig
-from minvar.flops import measured_cpu_peak, mfu, peak_flops, var_training_flops
+from minvar import VAR, VQVAE, VARConfig
+from minvar.flops import measured_cpu_peak, mfu, peak_flops, var_training_flops, vqvae_training_flops
 
 
 def test_training_flops_match_torch_flop_counter():
@@ -34,6 +34,22 @@ def test_training_flops_match_torch_flop_counter():
     # input needs no gradient), 0.17% of this model's FLOPs; anything missing or doubled would be off by far more
     expected = var_training_flops(cfg, B) - documented_attention
     assert counted - adaln - computed_attention == pytest.approx(expected, rel=0.005)
+
+
+def test_tokenizer_flops_on_meta_equal_a_real_step(one_thread):
+    """The tokenizer's MFU counts its step on the meta device; that count must equal the count of a real training
+    step (real weights, real images, training mode) and grow linearly with the batch. On meta tensors attention
+    runs as plain matrix products, so the real step runs SDPA's math kernel to count the same products."""
+    torch.manual_seed(0)
+    vae = VQVAE.from_preset("tiny")
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        reconstruction, vq_loss, _ = vae(images)
+        (F.mse_loss(reconstruction, images) + vq_loss).backward()
+    real = counter.get_total_flops()
+    assert real > 0
+    assert vqvae_training_flops(vae.config, 2) == real
+    assert vqvae_training_flops(vae.config, 6) == 3 * real
 
 
 def test_mfu_and_cpu_peak():
