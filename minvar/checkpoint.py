@@ -98,5 +98,9 @@ def load_var(path_or_dict, use_ema: bool = True) -> VAR:
     data = load_checkpoint(path_or_dict if "kind" not in data else data, "minvar-var")
     var = VAR(config_from_dict(VARConfig, data["config"]))  # the architecture from the config, then strict weights
     weights = data["ema_model"] if use_ema and data.get("ema_model") is not None else data["model"]
+    if weights is not data["model"]:
+        # Buffers are not learned, so the live model's are the right ones. Runs of minvar before the EMA copied
+        # buffers averaged the block-causal mask too, and -inf minus -inf left NaN in the EMA's copy.
+        weights = {**weights, **{name: data["model"][name] for name, _ in var.named_buffers() if name in weights}}
     strict_load(var, weights, "VAR")
     return var.eval()

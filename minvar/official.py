@@ -79,6 +79,10 @@ def strict_load(model: torch.nn.Module, state_dict: Dict[str, Any], what: str) -
         if tuple(state_dict[key].shape) != tuple(tensor.shape):
             raise CheckpointError(f"{what}: {key!r} has shape {tuple(state_dict[key].shape)} in the file but "
                                   f"{tuple(tensor.shape)} in the model built from it")
+    for key, tensor in state_dict.items():  # a NaN would silently turn every output into NaN: refuse it here
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not tensor.is_meta and tensor.isnan().any():
+            raise CheckpointError(f"{what}: {key!r} holds NaN values: the run that wrote it diverged or the file is "
+                                  f"damaged; use an earlier checkpoint of the run")
     model.load_state_dict(state_dict, strict=True)
 
 

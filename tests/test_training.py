@@ -77,3 +77,29 @@ def test_ema_averages_parameters_and_copies_buffers():
     x = torch.randn(2, var.L - 1, var.config.code_dim)
     logits = ema.model(torch.tensor([0, 1]), x)
     assert torch.isfinite(logits).all()
+
+
+def test_var_checkpoints_with_nan_are_refused_and_old_ema_masks_are_repaired(tmp_path):
+    """A NaN anywhere in a checkpoint is refused with the key named. An EMA copy whose block-causal mask holds NaN
+    (what minvar wrote before the EMA copied buffers) loads with the live model's buffers and gives the live model's
+    logits, since mask buffers are not learned."""
+    from minvar import VAR, VARConfig
+    from minvar.checkpoint import CheckpointError, load_var, save_checkpoint
+    torch.manual_seed(0)
+    config = VARConfig(depth=2, width=32, num_heads=2, num_classes=3, vocab_size=16, code_dim=4, patch_nums=(1, 2, 3))
+    var = VAR(config).eval()
+    ema_weights = {name: tensor.clone() for name, tensor in var.state_dict().items()}
+    ema_weights["attn_bias_for_masking"] = torch.where(ema_weights["attn_bias_for_masking"].isinf(),
+                                                       torch.nan, ema_weights["attn_bias_for_masking"])
+    path = str(tmp_path / "var.pt")
+    save_checkpoint(path, "minvar-var", var, config, 1, ema_model=ema_weights)
+    labels, x = torch.tensor([0, 2]), torch.randn(2, var.L - 1, 4)
+    with torch.no_grad():
+        expected = var(labels, x)
+        got = load_var(path)(labels, x)
+    assert torch.isfinite(got).all() and torch.equal(got, expected)
+    broken = {name: tensor.clone() for name, tensor in var.state_dict().items()}
+    broken["head.weight"][0, 0] = torch.nan
+    save_checkpoint(path, "minvar-var", var, config, 1, ema_model=broken)
+    with pytest.raises(CheckpointError, match="head.weight.*NaN"):
+        load_var(path)
