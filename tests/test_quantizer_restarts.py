@@ -60,14 +60,14 @@ def test_error_weighted_draw_takes_distinct_residuals_and_skips_matched_ones():
     residuals = residuals_per_scale(quantizer, f)
     assert quantizer.restart_weights(residuals)[:4].max() < 1e-5
     before = quantizer.embedding.weight.detach().clone()
-    assert quantizer.restart_dead_codes(f, generator=torch.Generator().manual_seed(0)) == 60
+    assert quantizer.restart_dead_codes(f, generator=torch.Generator().manual_seed(0), error_weighted=True) == 60
     new = quantizer.embedding.weight.detach()
     assert torch.equal(new[:4], before[:4]), "live codes are never touched"
     scales = [scale_of(code, residuals) for code in new[4:]]
     assert -1 not in scales and 0 not in scales, scales
     assert len(torch.unique(new[4:], dim=0)) == 60, "enough vectors with an error: each is drawn once at most"
     assert (quantizer.ema_vocab_hit_SV[:, 4:] > 1e-4).all(), "restarted codes get a grace hit share"
-    assert quantizer.restart_dead_codes(f) == 0  # nothing is dead any more
+    assert quantizer.restart_dead_codes(f, error_weighted=True) == 0  # nothing is dead any more
 
 
 def test_error_weighting_gives_the_coarsest_scale_its_codes():
@@ -78,7 +78,7 @@ def test_error_weighting_gives_the_coarsest_scale_its_codes():
     for seed in range(5):
         quantizer, f = quantizer_and_latent(16, seed=seed, random_codes=False)
         residuals = residuals_per_scale(quantizer, f)
-        quantizer.restart_dead_codes(f, generator=torch.Generator().manual_seed(seed))
+        quantizer.restart_dead_codes(f, generator=torch.Generator().manual_seed(seed), error_weighted=True)
         coarse = [code for code in quantizer.embedding.weight if scale_of(code, residuals) == 0]
         counts.append(len(torch.unique(torch.stack(coarse), dim=0)) if coarse else 0)  # distinct 1×1 vectors
     assert sum(counts) / len(counts) >= 2, counts  # 4× the uniform draw's expectation
@@ -88,12 +88,12 @@ def test_more_dead_codes_than_residuals_repeats_some():
     """Batch 1: 1 + 4 + 9 + 16 = 30 residuals for 40 dead codes; every code is still one of them."""
     quantizer, f = quantizer_and_latent(40, batch=1, seed=2)
     residuals = residuals_per_scale(quantizer, f)
-    assert quantizer.restart_dead_codes(f) == 40
+    assert quantizer.restart_dead_codes(f, error_weighted=True) == 40
     assert all(scale_of(code, residuals) >= 0 for code in quantizer.embedding.weight)
 
 
 def test_uniform_draw_takes_residual_vectors_too():
     quantizer, f = quantizer_and_latent(64, seed=3)
     residuals = residuals_per_scale(quantizer, f)
-    quantizer.restart_dead_codes(f, error_weighted=False)
+    quantizer.restart_dead_codes(f)  # the default
     assert all(scale_of(code, residuals) >= 0 for code in quantizer.embedding.weight)
