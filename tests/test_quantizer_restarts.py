@@ -97,3 +97,24 @@ def test_uniform_draw_takes_residual_vectors_too():
     residuals = residuals_per_scale(quantizer, f)
     quantizer.restart_dead_codes(f)  # the default
     assert all(scale_of(code, residuals) >= 0 for code in quantizer.embedding.weight)
+
+
+def test_train_tokenizer_runs_with_error_weighted_restarts(tmp_path, monkeypatch):
+    """The script's flag reaches the quantizer: a short run restarts codes through the error weights (and the
+    default run does not use them)."""
+    import sys
+    from conftest import REPO
+    if str(REPO) not in sys.path:  # the scripts live at the repository root
+        sys.path.insert(0, str(REPO))
+    import train_tokenizer
+    torch.set_num_threads(1)
+    calls = []
+    original = MultiScaleQuantizer.restart_weights
+    monkeypatch.setattr(MultiScaleQuantizer, "restart_weights",
+                        lambda self, residuals: calls.append(1) or original(self, residuals))
+    common = ["--steps", "4", "--device", "cpu", "--num-images", "4", "--batch-size", "4", "--warmup-steps", "1",
+              "--log-every", "0", "--grid-every", "0", "--restart-every", "2"]
+    train_tokenizer.main(["--out-dir", str(tmp_path / "uniform"), *common])
+    assert calls == [] and "restarted" in (tmp_path / "uniform" / "log.txt").read_text()
+    train_tokenizer.main(["--out-dir", str(tmp_path / "weighted"), *common, "--restart-pool", "error-weighted"])
+    assert len(calls) >= 1 and "restarted" in (tmp_path / "weighted" / "log.txt").read_text()
