@@ -20,6 +20,7 @@ come from OpenAI's guided-diffusion evaluator run on sample.py's samples.npz and
 
     python evaluate.py                                  # the quickstart's runs/samples/samples.npz
     python evaluate.py --samples my.npz --data-path /data/imagenet/val --inception-weights pt_inception.pth
+    python evaluate.py --tokenizer-only 750             # the ceiling alone, before any VAR is trained
 
 Sampling settings chosen by measurement: --sweep generates --sweep-per-class samples per class for every
 combination of guidance, top-k and top-p (a seed of their own, apart from sample.py's), scores each as above, and
@@ -62,6 +63,9 @@ def parse_args(argv=None):
                         "second real set and the reconstructions have as many images as the samples")
     parser.add_argument("--seed", type=int, default=0, help="seed of the built-in dataset")
     parser.add_argument("--out", default=None, help="JSON report path (default: beside the samples)")
+    parser.add_argument("--tokenizer-only", type=positive_int, default=None, metavar="N",
+                        help="score only --tokenizer's reconstructions of N held-out real images, beside the real "
+                             "floor at the same N (no samples needed); writes ceiling.json beside the tokenizer")
     # sweep of the sampling settings
     parser.add_argument("--sweep", action="store_true", help="sweep guidance and top-k/top-p of --checkpoint "
                         "instead of scoring --samples; writes sampling.json beside the checkpoint")
@@ -74,7 +78,10 @@ def parse_args(argv=None):
                         "to be chosen for its Fréchet distance")
     parser.add_argument("--sweep-seed", type=int, default=1_000, help="sampling seed of the sweep (sample.py's "
                         "report uses its own --seed, 0 by default, so the choice is scored on other samples)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.tokenizer_only and args.sweep:
+        parser.error("--tokenizer-only scores the tokenizer alone and --sweep scores samples: choose one")
+    return args
 
 
 def stack(dataset, count: int, seed: int = 0) -> tuple:
@@ -160,6 +167,17 @@ def parse_values(text: str, kind):
         raise SystemExit(f"error: cannot read {text!r} as comma-separated {kind.__name__} values")
 
 
+def ceiling_tokenizer(args):
+    """--tokenizer-only: the tokenizer to score, which must exist (without it there is nothing to measure)."""
+    if not (args.tokenizer and os.path.isfile(args.tokenizer)):
+        raise SystemExit(f"error: --tokenizer-only needs a tokenizer checkpoint, and {args.tokenizer} is not a file: "
+                         f"train one (train_tokenizer.py) or pass --tokenizer")
+    try:
+        return load_tokenizer(args.tokenizer)
+    except CheckpointError as error:
+        raise SystemExit(f"error: --tokenizer: {error}")
+
+
 def sweep_models(args):
     """(VAR, tokenizer) of the --checkpoint run to sweep, on the CPU."""
     from sample import load_models  # the scripts sit side by side; sample.py owns the checkpoint loading
@@ -190,8 +208,9 @@ def feature_extractor(args, judge):
 
 
 def reconstruction_tokenizer(args, vae):
-    """The tokenizer whose reconstructions are the ceiling: the swept run's own, else --tokenizer if it exists."""
-    if args.sweep:
+    """The tokenizer whose reconstructions are the ceiling: the one already loaded (the swept run's own, or
+    --tokenizer-only's), else --tokenizer if it exists."""
+    if vae is not None:
         return vae
     if args.tokenizer and os.path.isfile(args.tokenizer):
         try:
@@ -281,10 +300,13 @@ def write_report(report: dict, out: str) -> None:
 
 
 def main(argv=None):
-    # 1. what is measured: sample.py's samples, or the VAR run whose sampling settings are swept
+    # 1. what is measured: sample.py's samples, the VAR run whose sampling settings are swept, or the tokenizer alone
     args = parse_args(argv)
     var = vae = None
-    if args.sweep:
+    if args.tokenizer_only:
+        vae = ceiling_tokenizer(args)
+        size, matched = vae.config.image_size, args.tokenizer_only
+    elif args.sweep:
         var, vae = sweep_models(args)
         size = vae.config.image_size
         fake_labels = torch.arange(var.num_classes).repeat_interleave(args.sweep_per_class)  # (N,)
@@ -308,8 +330,10 @@ def main(argv=None):
               "feature_space": feature_space}
     report.update(floor_and_ceiling(args, vae, measure, held_out, held_out_labels, size))
 
-    # 5. the samples: one set from --samples, or one per setting of the sweep
-    if args.sweep:
+    # 5. the samples: one set from --samples, or one per setting of the sweep (none with --tokenizer-only)
+    if args.tokenizer_only:
+        out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.tokenizer)), "ceiling.json")
+    elif args.sweep:
         report["sweep"] = sweep(args, var, vae, fake_labels, measure)
         report.update(choose(report["sweep"], args.sweep_min_accuracy))
         out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "sampling.json")

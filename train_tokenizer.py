@@ -4,7 +4,8 @@ The official VAR repository ships only the trained tokenizer, not the code that 
 that gap. Loss (the VQGAN recipe the paper cites, Section 3.2):
     pixel (MSE and/or L1) + vq (codebook + β·commitment, averaged over scales) + λ_p · perceptual + λ_g · GAN
 The perceptual and GAN terms are optional: the perceptual loss needs VGG16 weights the user supplies as a file.
-Codebook collapse is fought by restarting dead codes (EMA hit share below a threshold) with encoder outputs.
+Codebook collapse is fought by restarting dead codes (EMA hit share below a threshold) with residual vectors of the
+batch, drawn uniformly or (--restart-pool error-weighted) where the codebook serves them worst (README).
 
 Run on the built-in shapes dataset (the default; 1 min 19 s on an idle 2-core AMD EPYC, see README):
     python train_tokenizer.py
@@ -67,6 +68,10 @@ def parse_args(argv=None):
                         "code counts as dead at every scale")
     parser.add_argument("--restart-every", type=non_negative_int, default=25,
                         help="steps between dead-code restarts (0: off)")
+    parser.add_argument("--restart-pool", default="uniform", choices=["uniform", "error-weighted"],
+                        help="how restarted codes pick their residual vectors: uniformly (half of them the finest "
+                             "scale's), or in proportion to each vector's share of the quantization error (more "
+                             "coarse-scale codes; README: better on average, not on every seed)")
     parser.add_argument("--grid-every", type=non_negative_int, default=500, help="steps between reconstruction grids "
                         "(0: only at the end)")
     return parser.parse_args(argv)
@@ -199,10 +204,11 @@ def discriminator_step(args, discriminator, disc_optimizer, images, reconstructi
 
 
 def restart_codes(args, vae, images, restart_generator, distributed, log: RunLog, done: int) -> None:
-    """Restart the dead codes (EMA hit share under the threshold at every scale) with this batch's encoder outputs."""
+    """Restart the dead codes (EMA hit share under the threshold at every scale) with this batch's residuals."""
     with torch.no_grad():
         latent = vae.encode_latent(images)
-    restarted = vae.quantize.restart_dead_codes(latent, args.dead_code_threshold, restart_generator)
+    restarted = vae.quantize.restart_dead_codes(latent, args.dead_code_threshold, restart_generator,
+                                                error_weighted=args.restart_pool == "error-weighted")
     if distributed.world_size > 1:  # every process must keep the same codebook
         torch.distributed.broadcast(vae.quantize.embedding.weight.data, src=0)
     if restarted:

@@ -51,6 +51,7 @@ FLAGS = [  # (script, flag, bad values, a good value)
     ("sample", "--top-p", PROBABILITY, "0.96"),
     ("evaluate", "--judge-steps", POSITIVE, "10"),
     ("evaluate", "--num-real", POSITIVE, "10"),
+    ("evaluate", "--tokenizer-only", POSITIVE, "10"),
 ]
 
 

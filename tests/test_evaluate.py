@@ -171,3 +171,25 @@ def test_real_sets_of_an_image_folder_mix_its_classes(tmp_path):
     assert set(held_out_labels.tolist()) == {0, 1}
     reference_labels = evaluate.stack(evaluate.build_dataset(str(tmp_path), 32, train=False), 12, args.seed)[1][:6]
     assert set(reference_labels.tolist()) == {0, 1}
+
+
+def test_tokenizer_only_scores_the_ceiling_without_samples(tmp_path):
+    """--tokenizer-only N: no samples file is read; the report holds the real floor and the reconstructions' scores,
+    both at N images against the same reference, and lands beside the tokenizer. A missing tokenizer is a clear
+    error, and --sweep cannot be combined with it."""
+    import train_tokenizer
+    torch.set_num_threads(1)
+    train_tokenizer.main(["--out-dir", str(tmp_path / "tok"), "--steps", "2", "--device", "cpu", "--num-images", "4",
+                          "--batch-size", "4", "--warmup-steps", "1", "--log-every", "0", "--grid-every", "0"])
+    evaluate.main(["--tokenizer-only", "30", "--tokenizer", str(tmp_path / "tok" / "checkpoint.pt"),
+                   "--samples", str(tmp_path / "absent.npz"), "--num-real", "30",
+                   "--judge", str(tmp_path / "judge.pt"), "--judge-steps", "5"])
+    report = json.loads((tmp_path / "tok" / "ceiling.json").read_text())
+    assert report["real_matched"] == 30 and report["real_reference"] == 30
+    assert report["frechet_distance_reconstructions"] >= 0 and 0 <= report["judge_accuracy_reconstructions"] <= 1
+    assert "frechet_distance_real_floor" in report and not any("samples" in key for key in report if key != "samples")
+    with pytest.raises(SystemExit) as error:
+        evaluate.main(["--tokenizer-only", "30", "--tokenizer", str(tmp_path / "none.pt")])
+    assert "--tokenizer-only needs a tokenizer" in str(error.value)
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--tokenizer-only", "30", "--sweep"])
