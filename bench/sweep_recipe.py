@@ -14,15 +14,16 @@ same architecture and batch (`--probe-steps` apart; startup cancels out), and th
 --cpu-seconds / (cost per step) steps, with the learning-rate decay over exactly those steps. The steps and the CPU
 seconds each run really used are recorded beside its scores.
 
-The dataset is tokenized once: the first row builds `<out-root>/token_cache.pt` (train_var.py's cache, keyed by the
-tokenizer's and the data's fingerprints) and every later row starts from a copy, so no row spends its budget
-encoding. The judge is trained once (`<out-root>/judge.pt`) and shared by every row.
+The dataset is tokenized once: a first 2-step run builds `<out-root>/token_cache.pt` (train_var.py's cache, keyed by
+the tokenizer's and the data's fingerprints) and every run starts from a copy, so no row spends its budget encoding.
+The judge is trained once (`<out-root>/judge.pt`) and shared by every row.
 
     python bench/sweep_recipe.py --data-path /tmp/photos32 --tokenizer /tmp/sweep/tok/checkpoint.pt \
         --out-root /tmp/sweep --cpu-seconds 200 --row default= --row d3w96="--depth 3 --width 96"
-Each `--row NAME=FLAGS` adds one row; a row whose name already has a result in `<out-root>/results.jsonl` is skipped,
-so the sweep can be extended or resumed, or run as two processes on two cores over disjoint rows (results.jsonl
-gets one appended line per row; `<out-root>/table.md` is rebuilt from it after every row).
+Each `--row NAME=FLAGS` adds one row. A row already trained (its `trained.json`) is not trained again, only sampled
+and scored at this call's `--cfg` / `--top-p` unless `<out-root>/results.jsonl` already holds that result; so the
+sweep can be extended, resumed, rescored at another sampling setting, or run as two processes on two cores over
+disjoint rows (one appended results.jsonl line per result; `<out-root>/table.md` is rebuilt from it each time).
 """
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ def parse_args(argv=None):
     parser.add_argument("--cfg", type=float, default=3.0, help="guidance of every row's samples")
     parser.add_argument("--top-p", type=float, default=0.8, help="nucleus mass of every row's samples")
     parser.add_argument("--per-class", type=int, default=50, help="samples per class of every row")
+    parser.add_argument("--train-only", action="store_true", help="train the rows, score none (score them later, "
+                        "e.g. once the sampling setting is chosen)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
     return parser.parse_args(argv)
 
@@ -98,15 +101,21 @@ def train_command(args, run: str, flags: list[str], steps: int) -> list[str]:
             "--sample-every", "0", *flags]
 
 
+def samples_folder(args) -> str:
+    """Each sampling setting of a run gets its own folder, so one trained row can be scored at several."""
+    return f"samples_cfg{args.cfg:g}_top_p{args.top_p:g}"
+
+
 def commands(args, name: str, flags: list[str], steps: int) -> list[list[str]]:
     """The three commands of one row: train (its steps), sample (fixed setting), evaluate (matched N)."""
     run = os.path.join(args.out_root, name)
     return [
         train_command(args, run, flags, steps),
         [sys.executable, os.path.join(ROOT, "sample.py"), "--checkpoint", os.path.join(run, "checkpoint.pt"),
-         "--out-dir", os.path.join(run, "samples"), "--per-class", str(args.per_class), "--cfg", str(args.cfg),
+         "--out-dir", os.path.join(run, samples_folder(args)), "--per-class", str(args.per_class), "--cfg", str(args.cfg),
          "--top-p", str(args.top_p), "--top-k", "0", "--threads", str(args.threads)],
-        [sys.executable, os.path.join(ROOT, "evaluate.py"), "--samples", os.path.join(run, "samples", "samples.npz"),
+        [sys.executable, os.path.join(ROOT, "evaluate.py"), "--samples",
+         os.path.join(run, samples_folder(args), "samples.npz"),
          "--data-path", args.data_path, "--tokenizer", args.tokenizer,
          "--judge", os.path.join(args.out_root, "judge.pt")],
     ]
@@ -133,12 +142,12 @@ def timed(command: list[str], log_path: str) -> tuple[float, float]:
 
 def table(results: list[dict]) -> str:
     """The README table: one line per row, scores from evaluate.py's report."""
-    lines = ["| row | train_var.py flags | steps | train CPU s | judged right | FD | × floor | × ceiling | "
-             "precision / recall |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| row | train_var.py flags | steps | train CPU s | cfg, top-p | judged right | FD | × floor | × ceiling | "
+             "precision / recall |", "|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
         report = result["report"]
         lines.append(f"| {result['name']} | `{' '.join(result['flags']) or '(defaults)'}` | {result['steps']} | "
-                     f"{result['train_cpu_s']:.0f} | {100 * report['judge_accuracy_samples']:.1f}% | "
+                     f"{result['train_cpu_s']:.0f} | {result['cfg']:g}, {result['top_p']:g} | {100 * report['judge_accuracy_samples']:.1f}% | "
                      f"{report['frechet_distance_samples']:.1f} | "
                      f"{report['frechet_distance_samples_over_floor']:.1f}× | "
                      f"{report['frechet_distance_samples_over_reconstructions']:.2f}× | "
@@ -201,27 +210,35 @@ def main(argv=None):
     results_path = os.path.join(args.out_root, "results.jsonl")
     prepare(args)
     for name, flags in rows:
-        if any(result["name"] == name for result in read_results(results_path)):
-            print(f"{name}: already measured, skipped")
+        if any(result["name"] == name and result["cfg"] == args.cfg and result["top_p"] == args.top_p
+               for result in read_results(results_path)):
+            print(f"{name}: already measured at cfg {args.cfg}, top-p {args.top_p}; skipped")
             continue
-        per_step = seconds_per_step(args, flags)
-        steps = steps_for_budget(args.cpu_seconds, per_step)
-        train, sample, evaluate = commands(args, name, flags, steps)
         run = os.path.join(args.out_root, name)
-        copy_cache(args, run)
-        log_path = os.path.join(run, "sweep.log")
-        load_before = os.getloadavg()[0]
-        train_wall, train_cpu = timed(train, log_path)
-        sample_wall, _ = timed(sample, log_path)
-        evaluate_wall, _ = timed(evaluate, log_path)
-        with open(os.path.join(run, "samples", "evaluation.json")) as file:
+        trained_path = os.path.join(run, "trained.json")
+        if not os.path.exists(trained_path):  # a row already trained is only sampled again (another setting)
+            per_step = seconds_per_step(args, flags)
+            steps = steps_for_budget(args.cpu_seconds, per_step)
+            copy_cache(args, run)
+            load_before = os.getloadavg()[0]
+            train_wall, train_cpu = timed(commands(args, name, flags, steps)[0], os.path.join(run, "sweep.log"))
+            with open(trained_path, "w") as file:
+                json.dump(dict(name=name, flags=flags, steps=steps, probe_seconds_per_step=per_step,
+                               cpu_seconds_budget=args.cpu_seconds, train_wall_s=train_wall, train_cpu_s=train_cpu,
+                               load_before=load_before, load_after=os.getloadavg()[0]), file)
+        with open(trained_path) as file:
+            trained = json.load(file)
+        if trained["flags"] != flags:
+            raise SystemExit(f"error: row {name} was trained with {trained['flags']}, not {flags}: use a new name")
+        if args.train_only:
+            continue
+        _, sample, evaluate = commands(args, name, flags, trained["steps"])
+        timed(sample, os.path.join(run, "sweep.log"))
+        timed(evaluate, os.path.join(run, "sweep.log"))
+        with open(os.path.join(run, samples_folder(args), "evaluation.json")) as file:
             report = json.load(file)
-        result = dict(name=name, flags=flags, steps=steps, probe_seconds_per_step=per_step,
-                      cpu_seconds_budget=args.cpu_seconds, train_wall_s=train_wall, train_cpu_s=train_cpu,
-                      sample_wall_s=sample_wall, evaluate_wall_s=evaluate_wall, load_before=load_before,
-                      load_after=os.getloadavg()[0], cfg=args.cfg, top_p=args.top_p, report=report)
         with open(results_path, "a") as file:
-            file.write(json.dumps(result) + "\n")
+            file.write(json.dumps(dict(trained, cfg=args.cfg, top_p=args.top_p, report=report)) + "\n")
         text = table(read_results(results_path))
         with open(os.path.join(args.out_root, "table.md"), "w") as file:
             file.write(text)

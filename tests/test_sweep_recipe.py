@@ -37,9 +37,10 @@ def test_table_reports_the_ratios_evaluate_wrote():
     """One table line per result, with the floor and ceiling ratios as evaluate.py computed them."""
     report = dict(judge_accuracy_samples=0.8125, frechet_distance_samples=30.0, frechet_distance_samples_over_floor=
                   12.0, frechet_distance_samples_over_reconstructions=2.5, precision_samples=0.7, recall_samples=0.4)
-    text = sweep_recipe.table([dict(name="default", flags=[], steps=900, train_cpu_s=290.4, report=report)])
+    text = sweep_recipe.table([dict(name="default", flags=[], steps=900, train_cpu_s=290.4, cfg=2.0, top_p=0.95,
+                                      report=report)])
     line = text.splitlines()[-1]
-    assert line.startswith("| default | `(defaults)` | 900 | 290 | 81.2% | 30.0 | 12.0× | 2.50× | 0.70 / 0.40 |")
+    assert line.startswith("| default | `(defaults)` | 900 | 290 | 2, 0.95 | 81.2% | 30.0 | 12.0× | 2.50× | 0.70 / 0.40 |")
     assert len(text.splitlines()) == 3
 
 
