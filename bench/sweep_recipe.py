@@ -50,7 +50,7 @@ def parse_args(argv=None):
     parser.add_argument("--tokenizer", required=True, help="the train_tokenizer.py checkpoint every row uses")
     parser.add_argument("--out-root", required=True, help="one sub-folder per row, plus results.jsonl and table.md")
     parser.add_argument("--cpu-seconds", type=float, default=200.0, help="training CPU time of every row")
-    parser.add_argument("--probe-steps", type=int, default=30, help="steps between the two short runs that "
+    parser.add_argument("--probe-steps", type=int, default=100, help="steps between the two short runs that "
                         "measure a row's CPU seconds per step")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of every script")
     parser.add_argument("--row", action="append", default=[], help="NAME=FLAGS: a row and its train_var.py flags "

@@ -52,3 +52,23 @@ def test_equal_compute_gives_cheaper_steps_more_of_them():
     assert len({key([]), key(["--depth", "3", "--width", "96"]), key(["--depth", "3"]), key(["--batch-size", "32"]),
                 key(["--ema", "0.999"])}) == 5
     assert sweep_recipe.steps_for_budget(200, 0.25) == 800 and sweep_recipe.steps_for_budget(200, 0.5) == 400
+
+
+def test_small_preset_schedule_and_model_come_from_its_recipe():
+    """`train_var.py --preset small` (the sweep's choice) trains its own recipe's steps at its own peak lr (a preset
+    without epochs once fell back to tiny's 1300 steps), --steps still overrides them, and its VAR fits the tiny
+    tokenizer with fewer parameters than tiny's."""
+    import sys
+    sys.path.insert(0, str(SCRIPT.parents[1]))
+    import train_var
+    from minvar import VAR, VQVAE
+    from minvar.sampling import check_pair
+
+    recipe = train_var.RECIPES["small"]
+    plan = train_var.schedule(train_var.parse_args(["--preset", "small"]), recipe, dataset_size=10_000, world_size=1)
+    assert plan.steps == recipe["steps"] != train_var.RECIPES["tiny"]["steps"]
+    assert plan.peak_lr == recipe["base_lr"] * recipe["global_batch"] / 256 and plan.batch_size == recipe["global_batch"]
+    assert train_var.schedule(train_var.parse_args(["--preset", "small", "--steps", "7"]), recipe, 10_000, 1).steps == 7
+    small, tiny = VAR.from_preset("small", num_classes=10), VAR.from_preset("tiny", num_classes=10)
+    check_pair(small, VQVAE.from_preset("tiny"))
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in tiny.parameters())
