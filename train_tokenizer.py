@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from minvar.checkpoint import CheckpointError, config_from_dict, save_checkpoint
 from minvar.data import DataError, build_dataset, save_image_grid
-from minvar.flops import mfu, peak_flops, vqvae_training_flops
+from minvar.flops import mfu_text, peak_flops, vqvae_training_flops
 from minvar.metrics import codebook_usage, psnr
 from minvar.training import (RunLog, TimeBudget, add_common_arguments, all_reduce_mean, autocast, cosine_lr_at,
                              end_distributed, is_due, make_loader, non_negative_float, non_negative_int,
@@ -231,11 +231,9 @@ def log_step(args, log: RunLog, done: int, loss, rec_loss, vq_loss, lr: float, v
     mean_loss = all_reduce_mean(loss.detach(), distributed).item()
     # MFU: the step's counted FLOPs (minvar/flops.py) / the step time / the peak of all processes' devices
     images_per_second = log.images_per_second(done, args.batch_size)
-    utilisation = mfu(step_flops, args.batch_size / max(images_per_second, 1e-9),
-                      peak * distributed.world_size if peak else None)
-    mfu_text = "-" if utilisation is None else f"{100 * utilisation:.1f}%"
+    mfu = mfu_text(step_flops, args.batch_size, images_per_second, peak, distributed.world_size)
     log.write(f"step {done} loss {mean_loss:.5f} rec {rec_loss.item():.5f} vq {vq_loss.item():.5f} "
-              f"lr {lr:.2e} img/s {images_per_second:.1f} mfu {mfu_text} "
+              f"lr {lr:.2e} img/s {images_per_second:.1f} mfu {mfu} "
               f"codes alive per scale {[round(a, 3) for a in alive]} "
               f"skipped images {skipped_images}")
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from minvar.checkpoint import CheckpointError, config_from_dict, load_tokenizer, save_checkpoint
 from minvar.data import DataError, build_dataset, save_image_grid
-from minvar.flops import mfu, peak_flops, var_training_flops
+from minvar.flops import mfu_text, peak_flops, var_training_flops
 from minvar.sampling import check_pair, generate
 from minvar.token_cache import TokenDataset, load_or_build_token_cache
 from minvar.training import (EMA, RunLog, TimeBudget, add_common_arguments, all_reduce_mean, autocast, end_distributed,
@@ -263,12 +263,11 @@ def log_step(log: RunLog, done: int, loss, logits_BLV, target_BL, lr: float, wd:
     accuracy = all_reduce_mean((logits_BLV.argmax(-1) == target_BL).float().mean(), distributed).item()
     # MFU: the step's model FLOPs (minvar/flops.py) / the step time / the peak of all processes' devices
     images_per_second = log.images_per_second(done, plan.global_batch)
-    utilisation = mfu(var_training_flops(config, plan.global_batch), plan.global_batch / max(images_per_second, 1e-9),
-                      peak * distributed.world_size if peak else None)
-    mfu_text = "-" if utilisation is None else f"{100 * utilisation:.1f}%"
+    mfu = mfu_text(var_training_flops(config, plan.global_batch), plan.global_batch, images_per_second, peak,
+                   distributed.world_size)
     log.write(f"step {done} loss {mean_loss:.4f} acc {accuracy:.4f} lr {lr:.3e} wd {wd:.4f} "
               f"grad_norm {grad_norm.item():.3f} "
-              f"img/s {images_per_second:.1f} mfu {mfu_text} "
+              f"img/s {images_per_second:.1f} mfu {mfu} "
               f"skipped images {skipped_images}")
 
 

@@ -120,6 +120,15 @@ def mfu(flops_per_step: float, seconds_per_step: float, peak: Optional[float]) -
     return flops_per_step / seconds_per_step / peak
 
 
+def mfu_text(step_flops: float, images_per_step: int, images_per_second: float, peak: Optional[float],
+             world_size: int = 1) -> str:
+    """The training logs' MFU field: '12.3%', or '-' when the peak is unknown. `peak` is one device's; a step of
+    `images_per_step` images (all processes) runs on `world_size` devices."""
+    utilisation = mfu(step_flops, images_per_step / max(images_per_second, 1e-9),
+                      peak * world_size if peak else None)
+    return "-" if utilisation is None else f"{100 * utilisation:.1f}%"
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # counting by running a call
 def _attention_forward(query, key, value, *args, out_val=None, **kwargs) -> int:
