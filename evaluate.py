@@ -264,9 +264,11 @@ def choose(rows: list, min_accuracy: float) -> dict:
     """The report's choice: the lowest Fréchet distance among the settings accurate enough."""
     # the constraint: --sweep-min-accuracy, or, if no setting reaches it, within 2 points of the best setting
     # (differences of a point are noise at a few hundred samples; a bare "most accurate" would pick noise)
+    # (accuracies are counts / N, so compare with a tolerance: 14/100 - 0.02 is a hair above 12/100 in floats)
+    tolerance = 1e-9
     best_accuracy = max(row["judge_accuracy"] or 0 for row in rows)
-    needed = min_accuracy if best_accuracy >= min_accuracy else best_accuracy - 0.02
-    eligible = [row for row in rows if (row["judge_accuracy"] or 0) >= needed]
+    needed = min_accuracy if best_accuracy >= min_accuracy - tolerance else best_accuracy - 0.02
+    eligible = [row for row in rows if (row["judge_accuracy"] or 0) >= needed - tolerance]
     best = min(eligible, key=lambda row: row["frechet_distance"])
     return {"chosen": {key: best[key] for key in ("cfg", "top_k", "top_p")},
             "chosen_by": f"lowest Fréchet distance among the settings with judge accuracy >= {needed:.4f}"}

@@ -193,3 +193,16 @@ def test_tokenizer_only_scores_the_ceiling_without_samples(tmp_path):
     assert "--tokenizer-only needs a tokenizer" in str(error.value)
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--tokenizer-only", "30", "--sweep"])
+
+
+def test_sweep_choice_keeps_a_setting_exactly_two_points_below_the_best():
+    """When no setting reaches --sweep-min-accuracy, every setting within 2 points of the best is eligible. The
+    accuracies are counts / N: 12/100 is exactly 2 points below 14/100, although 14/100 - 0.02 > 12/100 in floats.
+    A setting 3 points below stays out even with the lowest distance."""
+    rows = [{"cfg": 1.0, "top_k": 0, "top_p": 0.8, "judge_accuracy": 14 / 100, "frechet_distance": 30.0},
+            {"cfg": 2.0, "top_k": 0, "top_p": 0.8, "judge_accuracy": 12 / 100, "frechet_distance": 20.0},
+            {"cfg": 3.0, "top_k": 0, "top_p": 0.8, "judge_accuracy": 11 / 100, "frechet_distance": 10.0}]
+    assert evaluate.choose(rows, min_accuracy=0.95)["chosen"]["cfg"] == 2.0
+    # and a setting exactly at the threshold counts as reaching it (57/60 = 0.95)
+    rows[0]["judge_accuracy"], rows[1]["judge_accuracy"] = 57 / 60, 0.5
+    assert evaluate.choose(rows, min_accuracy=0.95)["chosen"]["cfg"] == 1.0
