@@ -56,7 +56,7 @@ def test_equal_compute_gives_cheaper_steps_more_of_them():
 
 def test_small_preset_schedule_and_model_come_from_its_recipe():
     """`train_var.py --preset small` (the sweep's choice) trains its own recipe's steps at its own peak lr (a preset
-    without epochs once fell back to tiny's 1300 steps), --steps still overrides them, and its VAR fits the tiny
+    without epochs once fell back to tiny's steps), --steps still overrides them, and its VAR fits the tiny
     tokenizer with fewer parameters than tiny's."""
     import sys
     sys.path.insert(0, str(SCRIPT.parents[1]))
