@@ -31,7 +31,6 @@ uses it unless told otherwise:
 """
 import argparse
 import functools
-import hashlib
 import json
 import os
 import sys
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 
 from minvar.checkpoint import CheckpointError, load_tokenizer
-from minvar.data import DataError, build_dataset, from_uint8_images, to_uint8_images
+from minvar.data import DataError, build_dataset, dataset_fingerprint, from_uint8_images, to_uint8_images
 from minvar.judge import judge_predict, load_judge, save_judge, train_judge
 from minvar.metrics import compare_features, extract_features
 from minvar.sampling import generate
@@ -111,27 +110,12 @@ def real_images(args, size: int, matched: int):
     return real[:reference_count], real[reference_count:], real_labels[reference_count:], train_set, names
 
 
-def data_fingerprint(data_path, train_set, image_size: int) -> dict:
-    """What a judge is trained on, to recognise a judge file trained on other data.
-
-    The built-in dataset is a pure function of its parameters; a folder is described by its listing (each image's
-    path relative to the folder and its size in bytes), hashed, so that an added, removed or replaced image counts.
-    """
-    if data_path is None:
-        return {"dataset": "built-in shapes", "num_images": len(train_set), "image_size": image_size,
-                "seed": train_set.seed}
-    listing = "\n".join(f"{os.path.relpath(path, train_set.root)}\t{os.path.getsize(path)}"
-                        for path, _ in train_set.samples)
-    return {"dataset": "folder", "root": os.path.abspath(train_set.root), "files": len(train_set.samples),
-            "listing_sha256": hashlib.sha256(listing.encode()).hexdigest(), "image_size": image_size}
-
-
-def get_judge(args, train_set, image_size: int):
+def get_judge(args, train_set):
     """The judge from its file if it was trained on this data, else trained on the real training images and saved.
 
     A judge file remembers the data it was trained on: scoring other data with it would measure the wrong classes.
     """
-    fingerprint = data_fingerprint(args.data_path, train_set, image_size)
+    fingerprint = dataset_fingerprint(train_set)  # the parameters of the shapes, or a hash of the folder's listing
     judge = load_judge(args.judge) if os.path.isfile(args.judge) else None
     if judge is not None and judge.trained_on != fingerprint:
         print(f"{args.judge} was trained on other data ({judge.trained_on or 'not recorded'}); this evaluation's "
@@ -321,7 +305,7 @@ def main(argv=None):
     reference, held_out, held_out_labels, train_set, names = real_images(args, size, matched)
 
     # 3. the judge (always: class accuracy needs a classifier of the real classes) and the feature space
-    judge = get_judge(args, train_set, size)
+    judge = get_judge(args, train_set)
     extractor, feature_space = feature_extractor(args, judge)
     _, reference_features = extract_features(extractor, reference, batch_size=50)  # (M, D)
     # every image set is measured the same way: judge accuracy and distances to the reference features

@@ -18,7 +18,9 @@ Shape legend: B batch, H, W image height and width, 3 RGB channels.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -240,6 +242,31 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 self.num_skipped += 1
             return self.transform(image, current), label
         raise DataError(f"none of the {len(self.samples)} images under {self.root} could be read; check the files")
+
+
+def dataset_fingerprint(dataset) -> dict:
+    """What decides a dataset's images, small enough to store in a file and to print. Any change that could change
+    an image gives another fingerprint; the token cache (`minvar/token_cache.py`) and the judge (`evaluate.py`) use
+    it to refuse what was made from other data.
+
+    Built-in shapes: its parameters and a hash of its first images' pixels (so a change to the drawing code counts).
+    Image folders: the sizes, the classes and a hash of the listing (each file's path relative to the folder, label,
+    size in bytes and modification time), so an added, removed, replaced or edited image counts.
+    """
+    if isinstance(dataset, ShapesDataset):
+        first = hashlib.sha256(b"".join(dataset[i][0].numpy().tobytes() for i in range(min(4, len(dataset)))))
+        return {"kind": "shapes", "num_images": dataset.num_images, "image_size": dataset.image_size,
+                "seed": dataset.seed, "classes": list(dataset.class_names), "first_pixels": first.hexdigest()}
+    if isinstance(dataset, ImageFolderDataset):
+        listing = hashlib.sha256()
+        for path, label in dataset.samples:
+            stat = os.stat(path)
+            listing.update(f"{Path(path).relative_to(dataset.root)}\t{label}\t{stat.st_size}\t{stat.st_mtime_ns}\n"
+                           .encode())
+        return {"kind": "folder", "root": os.path.abspath(dataset.root), "image_size": dataset.image_size,
+                "resize_to": dataset.resize_to, "classes": list(dataset.class_names), "files": len(dataset.samples),
+                "listing_sha256": listing.hexdigest()}
+    raise TypeError(f"cannot fingerprint a {type(dataset).__name__}: only ShapesDataset and ImageFolderDataset")
 
 
 def build_dataset(data_path: str | None, image_size: int, train: bool, num_images: int = 10_000, seed: int = 0,

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from minvar.checkpoint import atomic_save
-from minvar.data import ImageFolderDataset, ShapesDataset
+from minvar.data import ImageFolderDataset, dataset_fingerprint
 
 TOKEN_CACHE_KIND = "minvar-token-cache"
 
@@ -45,27 +45,14 @@ def tokenizer_fingerprint(vae: torch.nn.Module) -> str:
 
 
 def data_fingerprint(dataset, hflip: bool) -> str:
-    """SHA-256 of what decides the cached tokens' images: the dataset's parameters, its files, the views.
-
-    Built-in shapes: size, seed, number of images and the pixels of its first images (so that a change to the
-    drawing code also invalidates the cache). Image folders: every file's path, size and modification time, and
-    the crop size. Other datasets cannot be fingerprinted: train those with on-the-fly encoding.
-    """
-    if isinstance(dataset, ShapesDataset):
-        description = {"kind": "shapes", "num_images": dataset.num_images, "image_size": dataset.image_size,
-                       "seed": dataset.seed, "classes": dataset.class_names}
-        canary = hashlib.sha256(b"".join(dataset[i][0].numpy().tobytes() for i in range(min(4, len(dataset)))))
-        description["first_pixels"] = canary.hexdigest()
-    elif isinstance(dataset, ImageFolderDataset):
-        files = []
-        for path, label in dataset.samples:
-            stat = os.stat(path)
-            files.append((str(path.relative_to(dataset.root)), label, stat.st_size, stat.st_mtime_ns))
-        description = {"kind": "folder", "root": str(dataset.root), "image_size": dataset.image_size,
-                       "resize_to": dataset.resize_to, "classes": dataset.class_names, "files": files}
-    else:
-        raise TypeError(f"a token cache can fingerprint ShapesDataset and ImageFolderDataset, not "
-                        f"{type(dataset).__name__}: encode on the fly instead")
+    """SHA-256 of what decides the cached tokens' images: `minvar.data.dataset_fingerprint` (parameters and pixels
+    of the built-in shapes; every file's path, size and modification time in a folder) and the views (flips).
+    Other datasets cannot be fingerprinted: train those with on-the-fly encoding."""
+    try:
+        description = dataset_fingerprint(dataset)
+    except TypeError as error:
+        raise TypeError(f"a token cache needs a dataset it can fingerprint ({error}): encode on the fly instead") \
+            from None
     description["hflip"] = bool(hflip)
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
 

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from minvar.data import (MAX_TILT_DEGREES, DataError, ImageFolderDataset, ShapesDataset, build_dataset,
+                         dataset_fingerprint,
                          from_uint8_images, save_image_grid, to_uint8_images)
 
 
@@ -250,3 +251,26 @@ def test_save_image_grid_places_images_with_padding(tmp_path):
     assert np.array_equal(grid[2:10, 2:10], expected[0]) and np.array_equal(grid[12:20, 12:20], expected[4])
     save_image_grid(images, tmp_path / "labelled.png", nrow=3, labels=["red circle"] * 5)
     assert Image.open(tmp_path / "labelled.png").height > grid.shape[0]
+
+
+def test_dataset_fingerprint_follows_the_images(tmp_path):
+    """The fingerprint that keys the token cache and the judge: equal for the same data, different when a folder
+    gains an image or an image's bytes change (same name and size), and when a shapes parameter changes."""
+    import os
+    (tmp_path / "cls").mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "cls" / f"{name}.png")
+    before = dataset_fingerprint(ImageFolderDataset(tmp_path, 8))
+    assert before == dataset_fingerprint(ImageFolderDataset(tmp_path, 8))
+    assert before["files"] == 2 and dataset_fingerprint(ImageFolderDataset(tmp_path, 16)) != before
+    Image.new("RGB", (8, 8), (200, 20, 30)).save(tmp_path / "cls" / "c.png")
+    added = dataset_fingerprint(ImageFolderDataset(tmp_path, 8))
+    assert added["files"] == 3 and added["listing_sha256"] != before["listing_sha256"]
+    stat = os.stat(tmp_path / "cls" / "a.png")
+    os.utime(tmp_path / "cls" / "a.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # an edit
+    assert dataset_fingerprint(ImageFolderDataset(tmp_path, 8))["listing_sha256"] != added["listing_sha256"]
+    shapes = dataset_fingerprint(ShapesDataset(num_images=8, image_size=16, seed=0))
+    assert shapes == dataset_fingerprint(ShapesDataset(num_images=8, image_size=16, seed=0))
+    assert shapes != dataset_fingerprint(ShapesDataset(num_images=8, image_size=16, seed=1))
+    with pytest.raises(TypeError, match="cannot fingerprint"):
+        dataset_fingerprint(torch.utils.data.TensorDataset(torch.zeros(2)))
