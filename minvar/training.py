@@ -401,22 +401,44 @@ def resolve_precision(precision: str, bf16_flag: bool, device: torch.device) -> 
     return "fp32"
 
 
+def busy_cores(window: float = 0.25) -> Optional[float]:
+    """How many cores other processes keep busy right now: the share of non-idle CPU time in /proc/stat over a short
+    window, times the core count (Linux); the 1-minute load average elsewhere (Unix), None where neither exists.
+
+    The load average lags by a minute: in the quickstart's chain of commands it still counts the tokenizer that has
+    just finished when train_var.py starts, and would warn about cores that are in fact free.
+    """
+    def cpu_times():
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]  # user nice system idle iowait irq ...
+        return sum(fields), fields[3] + fields[4]  # total, idle (idle + iowait)
+
+    try:
+        total_0, idle_0 = cpu_times()
+        time.sleep(window)
+        total_1, idle_1 = cpu_times()
+        return (os.cpu_count() or 1) * (1 - (idle_1 - idle_0) / max(total_1 - total_0, 1))
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
 def set_threads(threads: int) -> int:
     """Apply --threads (0 keeps torch's default) and warn when the threads exceed the cores other jobs leave free.
 
     On a shared machine every parallel op waits for its slowest thread; a thread whose core another job holds stalls
     them all (measured: one tiny VAR step took 5.3 s on 2 busy cores with 2 threads and 0.14 s with 1). Free cores
-    are estimated as the core count minus the 1-minute load average (Unix only). Returns the thread count in use.
+    are the core count minus the cores busy now (`busy_cores`). Returns the thread count in use.
     """
     if threads > 0:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
-    if hasattr(os, "getloadavg"):
+    busy = busy_cores()
+    if busy is not None:
         cores = os.cpu_count() or 1
-        free = max(cores - round(os.getloadavg()[0]), 1)
+        free = max(cores - round(busy), 1)
         if threads > free:
             print(f"warning: torch uses {threads} CPU threads but only about {free} of the {cores} cores are free "
-                  f"(load average {os.getloadavg()[0]:.1f}); if steps are slow, try --threads {free}")
+                  f"({busy:.1f} busy with other work); if steps are slow, try --threads {free}")
     return threads
 
 

@@ -1,5 +1,7 @@
 """The training recipe matches the official one: the lr/wd schedule, the weight-decay groups, the data order."""
 import json
+import os
+import time
 
 import pytest
 import torch
@@ -103,3 +105,33 @@ def test_var_checkpoints_with_nan_are_refused_and_old_ema_masks_are_repaired(tmp
     save_checkpoint(path, "minvar-var", var, config, 1, ema_model=broken)
     with pytest.raises(CheckpointError, match="head.weight.*NaN"):
         load_var(path)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="busy_cores reads /proc/stat (Linux)")
+def test_busy_cores_sees_a_spinning_process_and_set_threads_warns_only_when_cores_are_taken(monkeypatch, capsys):
+    """busy_cores measures the cores busy now (not the lagging load average): a child process spinning on one core
+    shows up as at least half a core. set_threads warns when its threads exceed the free cores, and not otherwise."""
+    import subprocess
+    import sys
+
+    from minvar import training
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 30\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.5)  # let it start spinning
+        assert training.busy_cores(window=0.5) >= 0.5
+    finally:
+        spinner.kill()
+        spinner.wait()
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(training, "busy_cores", lambda: float(os.cpu_count()))  # every core taken
+        assert training.set_threads(1) == 1
+        assert "--threads 1" not in capsys.readouterr().out  # 1 thread never exceeds the one core always assumed free
+        if os.cpu_count() >= 2:
+            training.set_threads(2)
+            assert "warning: torch uses 2 CPU threads" in capsys.readouterr().out
+        monkeypatch.setattr(training, "busy_cores", lambda: 0.0)  # an idle machine
+        training.set_threads(os.cpu_count())
+        assert "warning" not in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)
