@@ -7,7 +7,7 @@ The perceptual and GAN terms are optional: the perceptual loss needs VGG16 weigh
 Codebook collapse is fought by restarting dead codes (EMA hit share below a threshold) with residual vectors of the
 batch, drawn uniformly or (--restart-pool error-weighted) where the codebook serves them worst (README).
 
-Run on the built-in shapes dataset (the default; 1 min 19 s on an idle 2-core AMD EPYC, see README):
+Run on the built-in shapes dataset (the default; 1 min 50 s on an idle 2-core AMD EPYC, see README):
     python train_tokenizer.py
 On an image folder, on 8 GPUs:
     torchrun --nproc_per_node 8 train_tokenizer.py --data-path /data/imagenet/train --preset official \
