@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -92,6 +93,9 @@ def parse_args(argv=None):
     parser.add_argument("--label-smoothing", type=probability, default=0.0, help="cross-entropy label smoothing")
     parser.add_argument("--cond-drop-rate", type=probability, default=0.1, help="label dropout for guidance")
     parser.add_argument("--ema", type=probability, default=0.0, help="EMA decay of the weights (0: no EMA)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the training forward (needs a C++ "
+                        "compiler on a CPU; the first step compiles). Measured on a 2-core Zen 4 CPU at batch 8: the "
+                        "d4 bf16 step 1.10x faster after a 54 s compile, no gain for d12 bf16 or d4 fp32")
     # logging and sampling
     parser.add_argument("--sample-every", type=non_negative_int, default=1000, help="steps between sample grids "
                         "(0: only at the end)")
@@ -318,6 +322,11 @@ def main(argv=None):
     start_step = restore(resumed, var, optimizer, ema, plan, log)
     budget = TimeBudget(args.minutes, start_step, started) if args.minutes and start_step == 0 else None
     model = wrap_ddp(var, distributed, device)
+    if args.compile:  # only the training forward; `var` (saved, sampled, averaged by the EMA) stays the eager module
+        if device.type == "cpu" and not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
+            raise SystemExit("error: --compile on a CPU needs a C++ compiler (g++ or clang++) on the PATH; install "
+                             "one or train without --compile")
+        model = torch.compile(model)
     tokenizer_state = embedded_tokenizer(vae)
 
     # 5. train loop ----------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ VAR, VQVAE.from_preset, generate), so it can time an older tree than this one.
     python bench/compare_trees.py --compare /work/main                      # this tree (A) against /work/main (B)
     python bench/compare_trees.py --compare /tmp/base --depths 4 --modes train --rounds 5
     python bench/compare_trees.py --precision-a bf16 --depths tiny,4 --modes train   # bf16 against fp32, one tree
+    python bench/compare_trees.py --precision-a bf16 --precision-b bf16 --compile-a --modes train  # torch.compile
 
 Shape legend: B batch, L = Σ pn² tokens, Cvae codebook dim, V codebook size.
 """
@@ -58,6 +59,7 @@ def worker(args: argparse.Namespace) -> None:
     B = args.batch_size
     if args.mode == "train":
         var.train()
+        model = torch.compile(var) if args.compile else var  # as train_var.py --compile: the forward only
         labels_B = torch.randint(0, cfg.num_classes, (B,))
         x_BLCv = torch.randn(B, var.L - 1, cfg.code_dim)  # (B, L-1, Cvae): what idx_to_var_input would give
         target_BL = torch.randint(0, cfg.vocab_size, (B, var.L))  # (B, L)
@@ -65,7 +67,7 @@ def worker(args: argparse.Namespace) -> None:
 
         def call():
             with precision:
-                logits_BLV = var(labels_B, x_BLCv, drop_B)  # (B, L, V)
+                logits_BLV = model(labels_B, x_BLCv, drop_B)  # (B, L, V)
             loss = F.cross_entropy(logits_BLV.view(-1, cfg.vocab_size), target_BL.view(-1))
             var.zero_grad(set_to_none=True)
             loss.backward()
@@ -89,13 +91,13 @@ def worker(args: argparse.Namespace) -> None:
                       "minvar": os.path.dirname(os.path.dirname(minvar.__file__))}))
 
 
-def run_one(tree: str, precision: str, args: argparse.Namespace, depth: str, mode: str) -> dict:
+def run_one(tree: str, precision: str, compiled: bool, args: argparse.Namespace, depth: str, mode: str) -> dict:
     """One subprocess on `tree`: returns its timed wall-clock and CPU seconds."""
     env = {**os.environ, "PYTHONPATH": tree, "OMP_NUM_THREADS": str(args.threads)}
     command = [sys.executable, str(HERE), "--worker", "--mode", mode, "--depth", depth, "--precision", precision,
                "--threads",
                str(args.threads), "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
-               "--calls", str(args.calls)]
+               "--calls", str(args.calls)] + (["--compile"] if compiled else [])
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"the worker failed on {tree} ({mode}, depth {depth}):\n{result.stderr[-3000:]}")
@@ -116,6 +118,8 @@ def main() -> None:
                         help="precision of A: bf16 = bfloat16 autocast (default %(default)s)")
     parser.add_argument("--precision-b", default="fp32", choices=["fp32", "bf16"],
                         help="precision of B (default %(default)s)")
+    parser.add_argument("--compile-a", action="store_true", help="A's training forward through torch.compile "
+                        "(train mode only; its first call, the compile, is a warm-up call)")
     # what to time
     parser.add_argument("--depths", default="4,12", help="comma-separated VAR depths, or 'tiny' for the quickstart "
                                                          "preset with its tokenizer (default %(default)s)")
@@ -133,22 +137,28 @@ def main() -> None:
     parser.add_argument("--mode", default="train", help=argparse.SUPPRESS)
     parser.add_argument("--depth", default="4", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
     trees = {"A": os.path.abspath(args.tree), "B": os.path.abspath(args.compare)}
     precisions = {"A": args.precision_a, "B": args.precision_b}
-    if trees["A"] == trees["B"] and precisions["A"] == precisions["B"]:
-        parser.error("A and B are the same tree in the same precision: give --compare PATH or --precision-a bf16")
+    compiled = {"A": args.compile_a, "B": False}
+    if trees["A"] == trees["B"] and precisions["A"] == precisions["B"] and not args.compile_a:
+        parser.error("A and B are the same tree in the same precision: give --compare PATH, --precision-a bf16 or "
+                     "--compile-a")
     for tree in trees.values():
         if not os.path.isfile(os.path.join(tree, "minvar", "var.py")):
             parser.error(f"{tree} is not a minvar tree (no minvar/var.py)")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in ("train", "generate") for m in modes):
         parser.error(f"--modes {args.modes!r}: choose from train, generate")
+    if args.compile_a and modes != ["train"]:
+        parser.error("--compile-a times the training step only: add --modes train")
     depths = [d.strip() for d in args.depths.split(",")]  # depths, or "tiny" for the quickstart preset
 
-    print(f"# A = {trees['A']} ({precisions['A']})\n# B = {trees['B']} ({precisions['B']})")
+    print(f"# A = {trees['A']} ({precisions['A']}{', compiled' if args.compile_a else ''})\n"
+          f"# B = {trees['B']} ({precisions['B']})")
     print(f"# batch {args.batch_size}, {args.threads} thread(s) per process, {args.rounds} rounds x {args.calls} "
           f"timed calls (after {args.warmup} warmup) per variant")
     results = []
@@ -157,7 +167,7 @@ def main() -> None:
             seconds = {name: {"wall": [], "cpu": []} for name in trees}
             for r in range(args.rounds):
                 for name in ("A", "B") if r % 2 == 0 else ("B", "A"):
-                    timed = run_one(trees[name], precisions[name], args, depth, mode)
+                    timed = run_one(trees[name], precisions[name], compiled[name], args, depth, mode)
                     for clock in ("wall", "cpu"):
                         seconds[name][clock] += timed[clock]
                     print(f"#   d{depth} {mode} round {r} {name}: wall {timed['wall']} cpu {timed['cpu']}", flush=True)

@@ -118,6 +118,23 @@ def var_run(tokenizer_run, tmp_path_factory):
     return out, out / "checkpoint.pt"
 
 
+def test_compiled_training_equals_eager(tokenizer_run, tmp_path, no_sample_grid):
+    """--compile (torch.compile of the training forward) trains the same model as eager code, up to float rounding
+    (the compiler may fuse and reorder sums): the same logged losses and weights after 4 steps, and a checkpoint
+    with the plain module's keys, which sample.py and --resume read."""
+    args = ["--tokenizer", str(tokenizer_run[1]), "--steps", "4", *VAR_ARGS, "--precision", "fp32"]
+    train_var.main(["--out-dir", str(tmp_path / "eager"), *args])
+    from torch._dynamo.utils import counters
+    graphs_before = counters["stats"]["unique_graphs"]
+    train_var.main(["--out-dir", str(tmp_path / "compiled"), *args, "--compile"])
+    assert counters["stats"]["unique_graphs"] > graphs_before  # the forward really went through the compiler
+    eager, compiled = logged_losses(tmp_path / "eager"), logged_losses(tmp_path / "compiled")
+    assert eager.keys() == compiled.keys() == {1, 2, 3, 4}
+    assert all(abs(eager[s] - compiled[s]) <= 1e-3 * eager[s] for s in eager), (eager, compiled)
+    assert_same_weights(load(tmp_path / "compiled" / "checkpoint.pt")["model"],
+                        load(tmp_path / "eager" / "checkpoint.pt")["model"], atol=1e-4)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # 1-2. overfitting
 def test_tokenizer_overfits_a_few_images_and_saves_a_loadable_checkpoint(tokenizer_run):
