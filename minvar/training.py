@@ -432,7 +432,7 @@ def set_threads(threads: int) -> int:
     if threads > 0:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
-    busy = busy_cores()
+    busy = busy_cores() if threads > 1 else None  # one thread always fits: at least one core counts as free
     if busy is not None:
         cores = os.cpu_count() or 1
         free = max(cores - round(busy), 1)
