@@ -25,8 +25,8 @@ come from OpenAI's guided-diffusion evaluator run on sample.py's samples.npz and
 Sampling settings chosen by measurement: --sweep generates --sweep-per-class samples per class for every
 combination of guidance, top-k and top-p (a seed of their own, apart from sample.py's), scores each as above, and
 picks the lowest Fréchet distance among the settings whose judge accuracy is at least --sweep-min-accuracy (or
-within 2 points of the best setting's, if none reaches it). The choice goes to sampling.json beside the VAR checkpoint, and sample.py
-uses it unless told otherwise:
+within 2 points of the best setting's, if none reaches it). The choice goes to sampling.json beside the VAR
+checkpoint, and sample.py uses it unless told otherwise:
     python evaluate.py --sweep                          # the quickstart's runs/var/checkpoint.pt
 """
 import argparse
@@ -38,12 +38,12 @@ import sys
 import numpy as np
 import torch
 
-from minvar.checkpoint import CheckpointError, load_tokenizer
-from minvar.data import DataError, build_dataset, dataset_fingerprint, from_uint8_images, to_uint8_images
-from minvar.judge import judge_predict, load_judge, save_judge, train_judge
-from minvar.metrics import compare_features, extract_features
+from minvar.io.checkpoint import CheckpointError, load_tokenizer
+from minvar.io.data import DataError, build_dataset, dataset_fingerprint, from_uint8_images, to_uint8_images
+from minvar.evaluation.judge import judge_predict, load_judge, save_judge, train_judge
+from minvar.evaluation.metrics import compare_features, extract_features
 from minvar.sampling import generate
-from minvar.training import positive_int, probability
+from minvar.training.arguments import positive_int, probability
 
 
 def parse_args(argv=None):
@@ -185,7 +185,7 @@ def load_samples(path: str):
 def feature_extractor(args, judge):
     """(images -> (class probabilities or None, features), the name of the feature space)."""
     if args.inception_weights:
-        from minvar.inception import InceptionV3Features
+        from minvar.evaluation.inception import InceptionV3Features
         return InceptionV3Features(args.inception_weights), "inception-v3 pool3"
     penultimate = lambda images: (None, judge_predict(judge, images)[1])  # noqa: E731 (the judge's features)
     return penultimate, "judge penultimate layer"

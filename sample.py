@@ -22,12 +22,13 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from minvar.checkpoint import CheckpointError, load_tokenizer, load_var, read_file
-from minvar.data import from_uint8_images, save_image_grid, to_uint8_images
-from minvar.pretrained import RELEASED, DownloadError, load as load_pretrained
+from minvar.io.checkpoint import CheckpointError, load_tokenizer, load_var, read_file
+from minvar.io.data import from_uint8_images, save_image_grid, to_uint8_images
+from minvar.io.pretrained import RELEASED, DownloadError, load as load_pretrained
 from minvar.sampling import box_keep_mask, check_pair, edit, generate
-from minvar.training import (add_speed_arguments, autocast, non_negative_float, non_negative_int, positive_int,
-                             probability, resolve_precision, set_threads)
+from minvar.training.arguments import (add_speed_arguments, non_negative_float, non_negative_int, positive_int,
+                                       probability)
+from minvar.training.precision import autocast, resolve_precision, set_threads
 
 
 def parse_args(argv=None):
@@ -42,7 +43,7 @@ def parse_args(argv=None):
                         "folder (~/.cache/minvar or $MINVAR_CACHE), checked, loaded strictly; replaces --checkpoint")
     parser.add_argument("--classes", default="all", help="comma-separated class ids or names, or 'all'")
     # 50 per class, as the official FID protocol: Fréchet distances need many images (evaluate.py compares them at
-    # matched N); 750 quickstart samples take about 4× the 16-per-class time.
+    # matched N)
     parser.add_argument("--per-class", type=positive_int, default=50, help="samples per class")
     parser.add_argument("--cfg", type=non_negative_float, default=None, help="classifier-free guidance strength; "
                         "default: the run's sampling.json (evaluate.py --sweep), else 3")
@@ -59,7 +60,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same samples")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images generated at once")
     parser.add_argument("--device", default="auto", help="'cpu', 'cuda', or 'auto'")
-    add_speed_arguments(parser)  # --precision, --bf16, --threads
+    add_speed_arguments(parser)  # --precision, --threads
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights even if EMA weights exist")
     parser.add_argument("--out-dir", default="runs/samples", help="where grid.png, images/ and samples.npz go")
     # editing
@@ -93,10 +94,8 @@ def load_models(args, device):
     return var.to(device), vae.to(device), class_names
 
 
-# The quickstart's, when a run has no sampling.json. cfg 3 rather than 4, measured on four quickstart runs: seed 0
-# 95.5% of 750 samples judged right at cfg 3 against 93.2% at 4, Fréchet distance 91.5 against 100.1; seed 2 94.1%
-# against 91.7%, 175.6 against 192.0; seed 1 (300 sweep samples) 93.7% against 90.3%, 143.6 against 154.7; a seed-0
-# run with a poor 1-thread tokenizer alike at both (64.0% / 64.3%, 285 / 284). README, "measured at matched N".
+# The quickstart's, when a run has no sampling.json: cfg 3 rather than 4 and top-p 0.8, chosen by measurement
+# (docs/results.md#defaults-and-the-measurements-behind-them).
 BUILT_IN_SAMPLING = {"cfg": 3.0, "top_k": 0, "top_p": 0.8}
 
 
@@ -137,7 +136,7 @@ def main(argv=None):
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     set_threads(args.threads)
-    bf16 = resolve_precision(args.precision, args.bf16, device) == "bf16"  # bf16 changes the samples a little
+    bf16 = resolve_precision(args.precision, device) == "bf16"  # bf16 changes the samples a little
     try:
         var, vae, class_names = load_models(args, device)
     except (CheckpointError, ValueError) as error:

@@ -5,13 +5,14 @@ that gap. Loss (the VQGAN recipe the paper cites, Section 3.2):
     pixel (MSE and/or L1) + vq (codebook + β·commitment, averaged over scales) + λ_p · perceptual + λ_g · GAN
 The perceptual and GAN terms are optional: the perceptual loss needs VGG16 weights the user supplies as a file.
 Codebook collapse is fought by restarting dead codes (EMA hit share below a threshold) with residual vectors of the
-batch, drawn uniformly or (--restart-pool error-weighted) where the codebook serves them worst (README).
+batch, drawn uniformly or (--restart-pool error-weighted) where the codebook serves them worst
+(docs/results.md#tokenizer).
 
-Run on the built-in shapes dataset (the default; 1 min 50 s on an idle 2-core AMD EPYC, see README):
+Run on the built-in shapes dataset (the default; its time: docs/results.md#quickstart-over-seeds):
     python train_tokenizer.py
 On an image folder, on 8 GPUs:
     torchrun --nproc_per_node 8 train_tokenizer.py --data-path /data/imagenet/train --preset official \
-        --image-size 256 --batch-size 32 --device cuda --bf16 --perceptual-weights vgg16-397923af.pth
+        --image-size 256 --batch-size 32 --device cuda --precision bf16 --perceptual-weights vgg16-397923af.pth
 """
 import argparse
 import json
@@ -22,13 +23,17 @@ import time
 import torch
 import torch.nn.functional as F
 
-from minvar.checkpoint import CheckpointError, config_from_dict, save_checkpoint
-from minvar.data import DataError, build_dataset, save_image_grid
-from minvar.flops import mfu_text, peak_flops, vqvae_training_flops
-from minvar.metrics import codebook_usage, psnr
-from minvar.training import (RunLog, TimeBudget, add_common_arguments, all_reduce_mean, autocast, cosine_lr_at,
-                             end_distributed, is_due, make_loader, non_negative_float, non_negative_int,
-                             positive_float, positive_int, probability, progress_bar, start_run, unwrap, wrap_ddp)
+from minvar.io.checkpoint import CheckpointError, config_from_dict, save_checkpoint
+from minvar.io.data import DataError, build_dataset, save_image_grid
+from minvar.evaluation.flops import mfu_text, peak_flops, vqvae_training_flops
+from minvar.evaluation.metrics import codebook_usage, psnr
+from minvar.training.arguments import (add_common_arguments, non_negative_float, non_negative_int, positive_float,
+                                       positive_int, probability)
+from minvar.training.data_order import make_loader
+from minvar.training.distributed import all_reduce_mean, end_distributed, unwrap, wrap_ddp
+from minvar.training.precision import autocast
+from minvar.training.run import RunLog, is_due, progress_bar, start_run
+from minvar.training.schedule import TimeBudget, cosine_lr_at
 from minvar.vqvae import VQVAE, VQVAE_PRESETS, VQVAEConfig
 
 
@@ -41,10 +46,8 @@ def parse_args(argv=None):
     parser.add_argument("--preset", default="tiny", choices=sorted(VQVAE_PRESETS), help="tokenizer architecture")
     parser.add_argument("--vocab-size", type=positive_int, default=None, help="override the preset's codebook size")
     parser.add_argument("--patch-nums", default=None, help="override the scale schedule, e.g. 1,2,3,4,6,8")
-    # optimisation. Batch 16 trains 74 images/s on 2 CPU threads against 56 at batch 8, and 1000 × 8 once gave a
-    # tokenizer that drew green and blue alike (README). 1000 steps rather than 600 (shapes, seeds 2 and 3, held-out
-    # images): PSNR 23.7 / 24.0 dB against 20.6 / 20.5, reconstructions' Fréchet distance 28.0 / 29.7 against
-    # 86.1 / 115.1 (real floor 5.4), for about 50 s more of the quickstart.
+    # optimisation: batch 16 and 1000 steps, chosen by measurement on the shapes
+    # (docs/results.md#defaults-and-the-measurements-behind-them)
     parser.add_argument("--steps", type=positive_int, default=1000, help="training steps")
     parser.add_argument("--minutes", type=positive_float, default=None, help="train for this long instead of "
                         "--steps: the run times its first steps and sets the total so that the lr decay completes "
@@ -73,7 +76,7 @@ def parse_args(argv=None):
     parser.add_argument("--restart-pool", default="uniform", choices=["uniform", "error-weighted"],
                         help="how restarted codes pick their residual vectors: uniformly (half of them the finest "
                              "scale's), or in proportion to each vector's share of the quantization error (more "
-                             "coarse-scale codes; README: better on average, not on every seed)")
+                             "coarse-scale codes; docs/results.md, Tokenizer: better on average, not on every seed)")
     parser.add_argument("--grid-every", type=non_negative_int, default=500, help="steps between reconstruction grids "
                         "(0: only at the end)")
     return parser.parse_args(argv)
@@ -120,13 +123,13 @@ def build_losses(args, device: torch.device):
     """(perceptual loss or None, PatchGAN discriminator or None), as the flags ask."""
     perceptual = discriminator = None
     if args.perceptual_weights:
-        from minvar.losses import PerceptualLoss
+        from minvar.training.losses import PerceptualLoss
         try:
             perceptual = PerceptualLoss(args.perceptual_weights, args.lpips_weights).to(device)
         except (FileNotFoundError, ValueError) as error:
             raise SystemExit(f"error: {error}")
     if args.disc_start >= 0:
-        from minvar.losses import PatchDiscriminator
+        from minvar.training.losses import PatchDiscriminator
         discriminator = PatchDiscriminator().to(device)
     return perceptual, discriminator
 
@@ -168,7 +171,7 @@ def restart_generator_of(args, resumed, device: torch.device) -> torch.Generator
 def generator_step(args, step: int, model, vae, optimizer, perceptual, discriminator, images, device):
     """The autoencoder's step: pixel + vq (+ perceptual, + adaptive-weighted GAN once it starts) loss, backward,
     clip, Adam. Returns (loss, pixel loss, vq loss, reconstruction (B, 3, H, W) in fp32, whether the GAN is on)."""
-    with autocast(device, args.bf16):
+    with autocast(device, args.precision == "bf16"):
         reconstruction, vq_loss, idx = model(images)
         reconstruction = reconstruction.float()
         # MSE by default: on small CPU models its gradient, large where the error is large, learns the shapes'
@@ -181,7 +184,7 @@ def generator_step(args, step: int, model, vae, optimizer, perceptual, discrimin
             loss = loss + args.perceptual_weight * perceptual(reconstruction, images)
         gan_on = discriminator is not None and step >= args.disc_start
         if gan_on:
-            from minvar.losses import adaptive_generator_weight, hinge_generator_loss
+            from minvar.training.losses import adaptive_generator_weight, hinge_generator_loss
             generator_loss = hinge_generator_loss(discriminator(reconstruction))
             weight = adaptive_generator_weight(rec_loss, generator_loss, vae.decoder.conv_out.weight)
             loss = loss + args.disc_weight * weight * generator_loss
@@ -195,10 +198,10 @@ def generator_step(args, step: int, model, vae, optimizer, perceptual, discrimin
 
 def discriminator_step(args, discriminator, disc_optimizer, images, reconstruction, lr: float, device) -> None:
     """The discriminator's own step: hinge loss on real images against detached reconstructions."""
-    from minvar.losses import hinge_discriminator_loss
+    from minvar.training.losses import hinge_discriminator_loss
     for group in disc_optimizer.param_groups:
         group["lr"] = lr
-    with autocast(device, args.bf16):
+    with autocast(device, args.precision == "bf16"):
         d_loss = hinge_discriminator_loss(discriminator(images), discriminator(reconstruction.detach()))
     disc_optimizer.zero_grad(set_to_none=True)
     d_loss.backward()
@@ -231,7 +234,7 @@ def log_step(args, log: RunLog, done: int, loss, rec_loss, vq_loss, lr: float, v
     """One log.txt line: the losses (the total averaged over processes), lr, speed, MFU and live codes per scale."""
     alive = (vae.quantize.ema_vocab_hit_SV > args.dead_code_threshold).float().mean(dim=1).tolist()
     mean_loss = all_reduce_mean(loss.detach(), distributed).item()
-    # MFU: the step's counted FLOPs (minvar/flops.py) / the step time / the peak of all processes' devices
+    # MFU: the step's counted FLOPs (minvar/evaluation/flops.py) / the step time / the peak of all processes' devices
     images_per_second = log.images_per_second(done, args.batch_size)
     mfu = mfu_text(step_flops, args.batch_size, images_per_second, peak, distributed.world_size)
     log.write(f"step {done} loss {mean_loss:.5f} rec {rec_loss.item():.5f} vq {vq_loss.item():.5f} "

@@ -5,13 +5,13 @@ dataset once, or encoded on the fly as the official trainer with --encode-on-the
 (cumulative f̂ downsampled to each next scale) -> one block-causal forward that predicts every scale at once
 -> cross entropy over all L tokens (uniform weights, as official).
 
-Quickstart on the built-in shapes dataset (3 min 50 s on an idle 2-core AMD EPYC, after train_tokenizer.py; README):
+Quickstart on the built-in shapes dataset, after train_tokenizer.py (its time: docs/results.md#quickstart-over-seeds):
     python train_var.py
-A small real image folder on a CPU budget (the preset a measured sweep chose; README "Real photos"):
+A small real image folder on a CPU budget (the preset a sweep chose: docs/results.md#real-photos):
     python train_var.py --preset small --data-path my_folder --minutes 3
 The official ImageNet recipe for VAR-d16 on 8 GPUs per node (global batch 768, 200 epochs):
     torchrun --nproc_per_node 8 train_var.py --preset d16 --data-path /data/imagenet/train --image-size 256 \
-        --tokenizer vae_ch160v4096z32.pth --device cuda --bf16
+        --tokenizer vae_ch160v4096z32.pth --device cuda --precision bf16
 """
 import argparse
 import json
@@ -25,28 +25,29 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from minvar.checkpoint import CheckpointError, config_from_dict, load_tokenizer, save_checkpoint
-from minvar.data import DataError, build_dataset, save_image_grid
-from minvar.flops import mfu_text, peak_flops, var_training_flops
+from minvar.io.checkpoint import CheckpointError, config_from_dict, load_tokenizer, save_checkpoint
+from minvar.io.data import DataError, build_dataset, save_image_grid
+from minvar.evaluation.flops import mfu_text, peak_flops, var_training_flops
 from minvar.sampling import check_pair, generate
-from minvar.token_cache import TokenDataset, load_or_build_token_cache
-from minvar.training import (EMA, RunLog, TimeBudget, add_common_arguments, all_reduce_mean, autocast, end_distributed,
-                             is_due, lr_wd_at, make_loader, non_negative_float, non_negative_int, positive_float,
-                             positive_int, probability, progress_bar, set_lr_wd, start_run, step_generator, wrap_ddp)
+from minvar.training.token_cache import TokenDataset, load_or_build_token_cache
+from minvar.training.arguments import (add_common_arguments, non_negative_float, non_negative_int, positive_float,
+                                       positive_int, probability)
+from minvar.training.data_order import make_loader, step_generator
+from minvar.training.distributed import all_reduce_mean, end_distributed, wrap_ddp
+from minvar.training.ema import EMA
+from minvar.training.precision import autocast
+from minvar.training.run import RunLog, is_due, progress_bar, start_run
+from minvar.training.schedule import TimeBudget, lr_wd_at, set_lr_wd
 from minvar.var import VAR, VAR_PRESETS, VARConfig
 
 # Training recipes. dN are the official ImageNet ones (official README; docs/official_model.md): global batch,
 # base learning rate per 256 images, epochs, final lr ratio ("wpe"), weight decay start/end, AdaLN gamma init.
 # Warmup is epochs/50, betas (0.9, 0.95), clip 2.0, no label smoothing, label dropout 0.1.
-# tiny (CPU quickstart): peak lr 3e-3 at batch 16. Measured over 1500 steps on the shapes dataset, held-out loss
-# 2.60 at 3e-3 against 2.83 at 1e-3 and 2.75 at 6e-3. Its 2000 steps: on the 1000-step tokenizer of seed 2, 99.7% of
-# 750 samples judged right and Fréchet distance 32.6 against 93.9% and 51.4 after 1300 steps (2600: 98.3%, 31.5).
-# The quickstart from fresh clones (2 threads, seeds 0-2): 96.3-100% judged right, FD 36.4-39.8 (README).
-# small (a small real dataset on a CPU budget; README "Real photos"): chosen by bench/sweep_recipe.py on 10,000 grey
-# 32 px photo patches at 180 CPU-seconds per run (tiny's 889 steps, small's 2,872): the depth-2 model (minvar/var.py),
-# Fréchet distance 45.0-52.5 over three seeds against tiny's 59.7-65.7. Its 2,900 steps are that budget at 1 thread
-# on a 2-core AMD EPYC. Twice the learning rate scored 38.7-48.0, inside the seed spread, so the recipe keeps tiny's;
-# EMA, label smoothing 0.1, label dropout 0.2 and batch 32 did not beat the defaults either (one seed each).
+# tiny (CPU quickstart): peak lr 3e-3 at batch 16 and 2000 steps, each chosen by measurement on the shapes
+# (docs/results.md#defaults-and-the-measurements-behind-them).
+# small (a small real dataset on a CPU budget): the depth-2 model (minvar/var.py) and tiny's learning rate, chosen by
+# bench/sweep_recipe.py at equal compute on grey photo patches; its 2,900 steps are the sweep's budget at one thread
+# (docs/results.md#real-photos).
 RECIPES = {
     "tiny": dict(global_batch=16, base_lr=4.8e-2, epochs=None, steps=2000, final_lr_ratio=0.1, weight_decay=0.05,
                  final_weight_decay=0.05),
@@ -94,8 +95,8 @@ def parse_args(argv=None):
     parser.add_argument("--cond-drop-rate", type=probability, default=0.1, help="label dropout for guidance")
     parser.add_argument("--ema", type=probability, default=0.0, help="EMA decay of the weights (0: no EMA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training forward (needs a C++ "
-                        "compiler on a CPU; the first step compiles). Measured on a 2-core Zen 4 CPU at batch 8: the "
-                        "d4 bf16 step 1.10x faster after a 54 s compile, no gain for d12 bf16 or d4 fp32")
+                        "compiler on a CPU; the first step compiles, which takes about a minute; whether it pays: "
+                        "docs/results.md, Throughput)")
     # logging and sampling
     parser.add_argument("--sample-every", type=non_negative_int, default=1000, help="steps between sample grids "
                         "(0: only at the end)")
@@ -239,7 +240,7 @@ def train_step(args, model, var, optimizer, ema, labels, x_BLCv, target_BL, drop
 
     Returns (loss, logits (B, L, V), the gradient norm before clipping).
     """
-    with autocast(device, args.bf16):
+    with autocast(device, args.precision == "bf16"):
         logits_BLV = model(labels, x_BLCv, drop_B)
     loss = F.cross_entropy(logits_BLV.float().flatten(0, 1), target_BL.flatten(),
                            label_smoothing=args.label_smoothing)
@@ -267,7 +268,7 @@ def log_step(log: RunLog, done: int, loss, logits_BLV, target_BL, lr: float, wd:
     """One log.txt line: loss and token accuracy averaged over processes, schedule, gradient norm, speed, MFU."""
     mean_loss = all_reduce_mean(loss.detach(), distributed).item()
     accuracy = all_reduce_mean((logits_BLV.argmax(-1) == target_BL).float().mean(), distributed).item()
-    # MFU: the step's model FLOPs (minvar/flops.py) / the step time / the peak of all processes' devices
+    # MFU: the step's model FLOPs (minvar/evaluation/flops.py) / the step time / the peak of all processes' devices
     images_per_second = log.images_per_second(done, plan.global_batch)
     mfu = mfu_text(var_training_flops(config, plan.global_batch), plan.global_batch, images_per_second, peak,
                    distributed.world_size)

@@ -8,7 +8,7 @@ still n² sequential steps.
 
 For each side n (default 4, 8, 16, 32) this script generates ONE image's tokens with untrained weights and reports:
     steps      sequential transformer calls (AR: n², VAR: K)
-    FLOPs      counted by minvar.flops (matrix products and attention, as full attention; no decoder)
+    FLOPs      counted by minvar.evaluation.flops (matrix products and attention, as full attention; no decoder)
     seconds    wall time, the median of --repeats calls, the three variants interleaved
 for AR with the KV cache, AR without it (the whole prefix recomputed every step), and VAR without AdaLN (the paper's
 "AR to VAR" row, whose parameters match the AR model's: the same depth, width, heads and FFN). VAR's schedules:
@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 from minvar.ar import AR, ARConfig, sample_tokens  # noqa: E402
-from minvar.flops import count_flops  # noqa: E402
+from minvar.evaluation.flops import count_flops  # noqa: E402
 from minvar.sampling import sample_scales  # noqa: E402
 from minvar.var import SCHEDULE_256, SCHEDULE_512, VAR, VARConfig  # noqa: E402
 from minvar.vqvae import VQVAE  # noqa: E402

@@ -1,4 +1,4 @@
-"""Benchmark train_var.py's step with and without the token cache (minvar/token_cache.py).
+"""Benchmark train_var.py's step with and without the token cache (minvar/training/token_cache.py).
 
 What is timed: the whole training step of the quickstart as train_var.py runs it, data included.
     on the fly  read B images (built-in shapes drawn with PIL, or --data-path files: decode, resize, random crop),
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from minvar import VAR, VQVAE, VARConfig
-from minvar.data import build_dataset
-from minvar.token_cache import TokenDataset, encode_dataset
+from minvar.io.data import build_dataset
+from minvar.training.token_cache import TokenDataset, encode_dataset
 from minvar.var import VAR_PRESETS
 from minvar.vqvae import VQVAE_PRESETS
 

@@ -4,7 +4,7 @@ What is timed (VAR paper Section 3.2, Algorithms 1-2; official `models/vqvae.py`
     train   one optimisation step on B random images: `vae(img)` (encoder, Algorithm 1's multi-scale quantizer with
             its straight-through estimator, decoder), L1 reconstruction loss + the quantizer's vq loss, backward, Adam
             step. The perceptual and GAN losses of a full tokenizer recipe are NOT included: they are separate
-            networks (minvar/losses.py) whose cost depends on their own choices.
+            networks (minvar/training/losses.py) whose cost depends on their own choices.
     encode  `vae.img_to_idx(img)`: image -> K token maps (Algorithm 1), no gradient, what VAR training runs per batch
             when tokens are not cached.
     decode  `vae.idx_to_img(idx)`: K token maps -> image (Algorithm 2 + decoder), no gradient, the last stage of
@@ -13,7 +13,7 @@ What is timed (VAR paper Section 3.2, Algorithms 1-2; official `models/vqvae.py`
 Rows, timing, dtypes and the table are those of bench_var.py (median of --repeats timed calls after --warmup,
 torch.cuda.synchronize around every call on CUDA, bf16 = torch.autocast(bfloat16)); its helpers are imported from
 the same folder. Training rows give their MFU: the VQVAE step's FLOPs counted by PyTorch on the meta device
-(`minvar.flops.vqvae_training_flops`, the same count train_tokenizer.py logs) / the time / the device's peak.
+(`minvar.evaluation.flops.vqvae_training_flops`, the same count train_tokenizer.py logs) / the time / the device's peak.
 
     python bench/bench_tokenizer.py                                   # tiny tokenizer, 32px, batch 32
     python bench/bench_tokenizer.py --preset official --batch-size 2  # the released VQVAE's architecture, 256px
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from bench_var import add_measurement_arguments, autocast, environment, measure, print_table, row, setup, write_json
 from minvar import VQVAE
-from minvar.flops import vqvae_training_flops
+from minvar.evaluation.flops import vqvae_training_flops
 from minvar.vqvae import VQVAE_PRESETS
 
 

@@ -11,7 +11,7 @@ What is timed (VAR paper Section 3.2; official `train.py` / `trainer.py` and `mo
 
 Each row is warmed up, then timed `--repeats` times; steps/s = 1 / median time of one call (a training step, or one
 generate() call of a batch) and images/s = B × steps/s. Training rows also give their MFU: the step's FLOPs counted
-from the config (minvar/flops.py) / the median time / the device's peak in that dtype (a GPU table; on a CPU a
+from the config (minvar/evaluation/flops.py) / the median time / the device's peak in that dtype (a GPU table; on a CPU a
 matrix product measured once per process). fp32 rows run in strict float32 (on CUDA, TF32 stays off
 as PyTorch's default; the official trainer turns it on); bf16 rows under torch.autocast(bfloat16), which needs no
 grad scaler. NOTE (differs from official VAR): its trainer uses fp16 autocast with a grad scaler (`--fp16=1`); bf16
@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from minvar import VAR, VQVAE, VARConfig, generate
-from minvar.flops import mfu, peak_flops, var_training_flops
+from minvar.evaluation.flops import mfu, peak_flops, var_training_flops
 from minvar.sampling import make_generator, sample_scales
 from minvar.var import VAR_PRESETS
 
@@ -91,7 +91,7 @@ def measure(call, device: torch.device, warmup: int, repeats: int, description: 
 def row(config: str, params: int, dtype: str, mode: str, batch: int, timing: dict, flops: float = None,
         device: torch.device = None) -> dict:
     """One line of the result table (also what --json writes). With the FLOPs of one call, also its MFU: FLOPs /
-    seconds / the device's peak in that dtype (minvar/flops.py: a GPU table, or a matmul measured on this CPU)."""
+    seconds / the device's peak in that dtype (minvar/evaluation/flops.py: a GPU table, or a matmul measured on this CPU)."""
     utilisation = mfu(flops, timing["seconds"], peak_flops(device, dtype)) if flops else None
     return {"config": config, "params_m": params / 1e6, "dtype": dtype, "mode": mode, "batch": batch,
             "steps_per_s": 1 / timing["seconds"], "images_per_s": batch / timing["seconds"],
@@ -287,7 +287,7 @@ def main() -> None:
     if any(r["mfu"] is not None for r in rows):
         peaks = ", ".join(f"{d} {peak_flops(device, d) / 1e9:.0f} GFLOP/s" for d in args.dtypes
                           if peak_flops(device, d))
-        print(f"# MFU: train rows only (FLOPs counted as minvar/flops.py says); device peak {peaks}")
+        print(f"# MFU: train rows only (FLOPs counted as minvar/evaluation/flops.py says); device peak {peaks}")
     if args.json:
         write_json(args.json, {"environment": env, "var_config": {"name": name, **asdict(cfg)}, "args": vars(args),
                                "rows": rows})

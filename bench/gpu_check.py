@@ -7,7 +7,7 @@ It prints, in order:
     1. the SDPA kernel PyTorch actually ran (read from the profiler) for the block-causal training mask and for
        KV-cached generation: flash, memory-efficient, cuDNN or the slow math fallback.
     2. one bf16 training step (forward + cross-entropy + backward + fused AdamW) of VAR-d16 at --batch-size: seconds,
-       images/s, MFU (minvar/flops.py) and the peak CUDA memory.
+       images/s, MFU (minvar/evaluation/flops.py) and the peak CUDA memory.
     3. KV-cached generation (cfg 1.5, top-k 900, top-p 0.96) with the VQVAE decoder at 256px: images/s.
     4. the largest batch per GPU that trains in bf16 for d16, d20, d24, d30 (doubling then bisecting, OOM caught).
     5. bf16 against fp32 from the same weights on the same batch: the loss of every step of a short run, and their
@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere in the repo
 from minvar import VAR, VQVAE, VARConfig, generate  # noqa: E402
-from minvar.flops import mfu, peak_flops, var_training_flops  # noqa: E402
-from minvar.training import autocast  # noqa: E402
+from minvar.evaluation.flops import mfu, peak_flops, var_training_flops  # noqa: E402
+from minvar.training.precision import autocast  # noqa: E402
 
 TINY = dict(depth=2, width=64, num_heads=2, num_classes=10, vocab_size=64, code_dim=8, patch_nums=(1, 2, 3, 4))
 

@@ -8,11 +8,9 @@ its own section.
     var = load_official_var("var_d16.pth", vae=vae)
     imgs = generate(var, vae, labels, cfg=1.5, top_k=900, top_p=0.96, seed=0)
 """
-__version__ = "0.1.0"
-
 from minvar.quantizer import MultiScaleQuantizer
 from minvar.vqvae import VQVAE, VQVAEConfig
 from minvar.var import VAR, VARConfig
 from minvar.sampling import box_keep_mask, edit, generate
-from minvar.official import CheckpointError, load_official_var, load_official_vqvae
-from minvar.checkpoint import load_tokenizer, load_var
+from minvar.io.official import CheckpointError, load_official_var, load_official_vqvae
+from minvar.io.checkpoint import MINVAR_VERSION as __version__, load_tokenizer, load_var

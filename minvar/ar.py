@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from minvar.sampling import Labels, make_generator, resolve_labels, top_k_top_p_
 from minvar.var import FFN
 
-CHECKPOINT_KIND = "minvar-ar"  # the "kind" field of AR run checkpoints (minvar.checkpoint.save_checkpoint)
 
 
 @dataclass
@@ -254,20 +253,3 @@ def check_ar_pair(ar: AR, vae) -> None:
                          f"{ar.config.vocab_size} codes, got patch_nums={tuple(vae.patch_nums)} and "
                          f"{vae.quantize.vocab_size} codes: train one with `train_tokenizer.py --patch-nums "
                          f"{ar.grid_size}`")
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# checkpoints
-def save_ar(path: str, ar: AR, step: int, class_names=None, optimizer=None, **extra) -> None:
-    """A self-describing AR run checkpoint (kind "minvar-ar"), written atomically by minvar.checkpoint."""
-    from minvar.checkpoint import save_checkpoint  # imported here: checkpoint.py imports the models
-    save_checkpoint(path, CHECKPOINT_KIND, ar, ar.config, step, class_names, optimizer, **extra)
-
-
-def load_ar(path_or_dict) -> AR:
-    """An AR checkpoint written by `save_ar` -> AR in eval mode (weights_only loading, errors in words)."""
-    from minvar.checkpoint import config_from_dict, load_checkpoint, strict_load
-    data = load_checkpoint(path_or_dict, CHECKPOINT_KIND)
-    ar = AR(config_from_dict(ARConfig, data["config"]))
-    strict_load(ar, data["model"], "AR")
-    return ar.eval()

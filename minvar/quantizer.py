@@ -274,7 +274,8 @@ class MultiScaleQuantizer(nn.Module):
         Which residuals: by default a uniform draw from all B·L residuals, of which the finest scale holds ~half
         and the 1×1 scale only B (1% of the quickstart's pool); with `error_weighted`, a draw without replacement
         in proportion to each vector's share of the quantization error (`restart_weights`), which gives the coarse
-        scales more codes (README: better on average and on a photo folder, worse on 2 shapes seeds of 5).
+        scales more codes (docs/results.md#tokenizer: better on average and on a photo folder, worse on 2 shapes
+        seeds of 5).
         Returns how many codes were restarted.
         """
         dead_V = (self.ema_vocab_hit_SV < threshold).all(dim=0)

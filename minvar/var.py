@@ -74,13 +74,12 @@ VAR_PRESETS = {
     "d24": VARConfig(depth=24, init_adaln_gamma=1e-4),
     "d30": VARConfig(depth=30, init_adaln_gamma=1e-5),
     "d36": VARConfig(depth=36, shared_aln=True, patch_nums=SCHEDULE_512, init_adaln_gamma=5e-6),
-    # tiny: a half-width FFN (mlp_ratio 2, the official models use 4) runs 1.4x the CPU steps per second, and at an
-    # equal step count its samples scored alike (75% vs 71% recognised after 1500 steps), so a 10-minute run fits more.
+    # tiny: the CPU quickstart. A half-width FFN (mlp_ratio 2; the official models use 4) buys more steps per CPU
+    # minute at no loss in sample quality (docs/results.md#defaults-and-the-measurements-behind-them).
     "tiny": VARConfig(depth=4, width=128, num_heads=2, mlp_ratio=2.0, num_classes=15, vocab_size=512, code_dim=16,
                       patch_nums=SCHEDULE_TINY, drop_path_rate=0.0, init_adaln_gamma=1e-3),
-    # small: tiny's architecture at depth 2, width 64 (0.17M parameters instead of 1.0M). On a small real dataset
-    # at a fixed ~3 CPU-minute budget it was the compute-optimal size of the ladder d1-d5 (width 32·depth): its
-    # cheaper steps buy 3.2x tiny's steps, and its samples came closest to the data (README, "Real photos").
+    # small: tiny's architecture at depth 2, width 64, for small real folders at a few CPU-minutes: the
+    # compute-optimal size of a depth ladder swept at equal compute (docs/results.md#real-photos).
     "small": VARConfig(depth=2, width=64, num_heads=2, mlp_ratio=2.0, num_classes=15, vocab_size=512, code_dim=16,
                        patch_nums=SCHEDULE_TINY, drop_path_rate=0.0, init_adaln_gamma=1e-3),
 }
@@ -109,9 +108,10 @@ class SelfAttention(nn.Module):
 
     `attn_bias` is an additive (1, 1, S, S) mask over the first S ≤ L positions; the queries after S attend to
     every key, unmasked. VAR passes the block-causal mask without the finest scale (S = L - pn_K², 424 of the 680
-    positions at 256px): the finest scale sees everything anyway, and two SDPA calls then compute 24% fewer scores
-    than one masked L×L call and read a mask 39% the size (about 1.2× faster attention on a CPU, same numbers to
-    float32 rounding). NOTE (differs from official VAR): it makes one masked call over all L positions.
+    positions at 256px): the finest scale sees everything anyway, so two SDPA calls compute fewer scores than one
+    masked L×L call and read a smaller mask (faster on a CPU, the same numbers to float32 rounding:
+    docs/results.md#defaults-and-the-measurements-behind-them).
+    NOTE (differs from official VAR): it makes one masked call over all L positions.
     """
 
     def __init__(self, width: int, num_heads: int, attn_drop: float, proj_drop: float, attn_l2_norm: bool):
@@ -179,6 +179,12 @@ class SharedAdaLin(nn.Linear):
         return super().forward(cond_BD).view(-1, 1, 6, self.weight.shape[0] // 6)  # (B, 1, 6, C)
 
 
+def modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """AdaLN's affine step, x·(1 + scale) + shift, with (B, 1, C) scale and shift broadcast over the L positions.
+    Written `mul(scale + 1).add(shift)` as the official code computes it, so the floats match its outputs."""
+    return x.mul(scale + 1).add(shift)
+
+
 class AdaLNBlock(nn.Module):
     """One transformer block with adaptive LayerNorm conditioning on the class (official `AdaLNSelfAttn`).
 
@@ -212,9 +218,9 @@ class AdaLNBlock(nn.Module):
         else:
             modulation = self.ada_lin(cond).view(-1, 1, 6, x.shape[-1])  # (B, 1, 6, C)
         gamma1, gamma2, scale1, scale2, shift1, shift2 = modulation.unbind(2)  # each (B, 1, C)
-        h = self.attn(self.ln_without_affine(x).mul(scale1 + 1).add(shift1), attn_bias, kv_cache)  # (B, L, C)
+        h = self.attn(modulate(self.ln_without_affine(x), scale1, shift1), attn_bias, kv_cache)  # (B, L, C)
         x = x + self.drop_path(h.mul(gamma1))
-        h = self.ffn(self.ln_without_affine(x).mul(scale2 + 1).add(shift2))  # (B, L, C)
+        h = self.ffn(modulate(self.ln_without_affine(x), scale2, shift2))  # (B, L, C)
         return x + self.drop_path(h.mul(gamma2))
 
 
@@ -228,7 +234,7 @@ class AdaLNBeforeHead(nn.Module):
 
     def forward(self, x: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         scale, shift = self.ada_lin(cond_BD).view(-1, 1, 2, x.shape[-1]).unbind(2)  # each (B, 1, C)
-        return self.ln_without_affine(x).mul(scale + 1).add(shift)
+        return modulate(self.ln_without_affine(x), scale, shift)
 
 
 class LayerNormBlock(nn.Module):

@@ -83,7 +83,7 @@ def official_tiny():
 @pytest.fixture(scope="session")
 def fixture_images():
     """The fixture's two 256px input images in [-1, 1], rebuilt as its README says."""
-    from minvar.data import from_uint8_images
+    from minvar.io.data import from_uint8_images
     return from_uint8_images(load_fixture("inputs.pt")["img_u8_B3HW"].permute(0, 2, 3, 1))  # stored channels first
 
 

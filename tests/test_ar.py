@@ -7,8 +7,9 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from minvar.ar import AR, ARConfig, generate_ar, load_ar, sample_tokens, save_ar
-from minvar.checkpoint import CheckpointError, load_var, save_checkpoint
+from minvar.ar import AR, ARConfig, generate_ar, sample_tokens
+from minvar.io.checkpoint import load_ar, save_ar
+from minvar.io.checkpoint import CheckpointError, load_var, save_checkpoint
 from minvar.sampling import sample_scales
 from minvar.var import VAR, VARConfig
 from minvar.vqvae import VQVAE

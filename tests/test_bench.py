@@ -40,7 +40,7 @@ def check_rows(table: list, config: str, modes: list) -> None:
         assert steps > 0 and images > 0
         assert images == pytest.approx(2 * steps, rel=0.02)  # images/s = batch × steps/s (3 significant digits)
         assert r["peak mem"] == "-"  # CPU: no peak-memory counter
-        if r["mode"] == "train":  # both benches give training rows their MFU (minvar/flops.py)
+        if r["mode"] == "train":  # both benches give training rows their MFU (minvar/evaluation/flops.py)
             assert 0 < float(r["MFU"].rstrip("%")) < 100
         else:
             assert r["MFU"] == "-"

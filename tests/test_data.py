@@ -1,4 +1,4 @@
-"""Tests for minvar/data.py: the built-in shapes dataset, image folders, and the image I/O helpers."""
+"""Tests for minvar/io/data.py: the built-in shapes dataset, image folders, and the image I/O helpers."""
 
 import random
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from minvar.data import (MAX_TILT_DEGREES, DataError, ImageFolderDataset, ShapesDataset, build_dataset,
+from minvar.io.data import (MAX_TILT_DEGREES, DataError, ImageFolderDataset, ShapesDataset, build_dataset,
                          dataset_fingerprint,
                          from_uint8_images, save_image_grid, to_uint8_images)
 

@@ -4,7 +4,7 @@ import re
 
 from conftest import REPO
 
-SOURCES = ["minvar/*.py", "*.py", "tutorials/*.py", "tests/*.py", "bench/*.py", "*.md", "tutorials/*.md",
+SOURCES = ["minvar/**/*.py", "*.py", "tutorials/*.py", "tests/*.py", "bench/*.py", "*.md", "tutorials/*.md",
            "bench/*.md", "docs/*.md"]
 
 

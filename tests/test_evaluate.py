@@ -17,7 +17,7 @@ from conftest import REPO
 if str(REPO) not in sys.path:  # the scripts live at the repository root, beside the minvar package
     sys.path.insert(0, str(REPO))
 import evaluate  # noqa: E402
-from minvar.data import ShapesDataset, to_uint8_images  # noqa: E402
+from minvar.io.data import ShapesDataset, to_uint8_images  # noqa: E402
 
 NUM_CLASSES = 15
 pytestmark = pytest.mark.slow  # trains a judge and runs evaluate.py end to end
@@ -92,7 +92,7 @@ def test_judge_trained_on_other_data_is_retrained(report_pair, evaluate_folder, 
     """A judge file records the data it was trained on: evaluating with other data (here the built-in dataset with
     another seed) says so and trains a new judge, which records the new data; the next run with that data reuses it."""
     import shutil
-    from minvar.judge import load_judge
+    from minvar.evaluation.judge import load_judge
     judge = tmp_path / "judge.pt"
     shutil.copyfile(evaluate_folder / "judge.pt", judge)  # the judge report_pair trained (seed 0)
     first = load_judge(judge).trained_on

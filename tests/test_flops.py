@@ -1,4 +1,4 @@
-"""The FLOP count behind MFU (minvar/flops.py) against torch's own FLOP counter, and the MFU arithmetic."""
+"""The FLOP count behind MFU (minvar/evaluation/flops.py) against torch's own FLOP counter, and the MFU arithmetic."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,7 +6,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from minvar import VAR, VQVAE, VARConfig
-from minvar.flops import measured_cpu_peak, mfu, peak_flops, var_training_flops, vqvae_training_flops
+from minvar.evaluation.flops import measured_cpu_peak, mfu, peak_flops, var_training_flops, vqvae_training_flops
 
 
 def test_training_flops_match_torch_flop_counter():

@@ -1,32 +1,50 @@
-"""minvar's modules import each other in one direction only: the import graph of minvar/*.py has no cycle.
+"""minvar's modules import each other in one direction only: the method first, then io, evaluation and training.
 
 Every import statement counts, including those inside functions: an import deferred into a function body still
 makes the two modules depend on each other (and was how the official-weight loaders used to close a circle:
-var.py and vqvae.py -> checkpoint.py -> var.py and vqvae.py).
+var.py and vqvae.py -> checkpoint.py -> var.py and vqvae.py). A module that imports the package itself
+(`import minvar`, `from minvar import x`) depends on everything `minvar/__init__.py` imports, so it is refused too.
 """
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "minvar"
 
+# The layers, lowest first: a module may import modules of its own layer or of lower ones, never higher.
+LAYERS = {"method": 0, "io": 1, "evaluation": 2, "training": 3}
 
-def import_graph():
-    """{module: set of minvar modules it imports}, read from the source with `ast` (nothing is executed)."""
-    modules = {path.stem for path in PACKAGE.glob("*.py") if path.stem != "__init__"}
+
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    """minvar/io/data.py -> 'minvar.io.data'; minvar/__init__.py -> 'minvar'."""
+    parts = path.relative_to(package.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> int:
+    """minvar.var -> the method's layer; minvar.training.ema -> training's."""
+    parts = module.split(".")
+    return LAYERS[parts[1]] if len(parts) > 2 else LAYERS["method"]
+
+
+def import_graph(package: Path = PACKAGE):
+    """{module: set of minvar modules it imports}, read from the source with `ast` (nothing is executed). The package
+    itself counts as a module named 'minvar'."""
+    paths = {module_name(path, package): path for path in package.rglob("*.py")}
     graph = {}
-    for name in modules:
-        tree = ast.parse((PACKAGE / f"{name}.py").read_text(), filename=f"{name}.py")
+    for name, path in paths.items():
         targets = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                parts = node.module.split(".")
-                if parts[0] == "minvar" and len(parts) > 1:  # from minvar.x import ...
-                    targets.add(parts[1])
-                elif node.module == "minvar":  # from minvar import x (x a module, or a name from __init__)
-                    targets.update(alias.name for alias in node.names if alias.name in modules)
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module.split(".")[0] != "minvar":
+                    continue
+                for alias in node.names:  # `from minvar.io import data` names the module minvar.io.data
+                    submodule = f"{node.module}.{alias.name}"
+                    targets.add(submodule if submodule in paths else node.module)
             elif isinstance(node, ast.Import):
-                targets.update(a.name.split(".")[1] for a in node.names if a.name.startswith("minvar."))
-        graph[name] = targets & modules - {name}
+                targets.update(a.name for a in node.names if a.name.split(".")[0] == "minvar")
+        graph[name] = {t for t in targets if t in paths} - {name}
     return graph
 
 
@@ -37,7 +55,7 @@ def find_cycle(graph):
     def visit(node):
         state[node] = "open"
         stack.append(node)
-        for nxt in sorted(graph[node]):
+        for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
                 return stack[stack.index(nxt):] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
@@ -52,16 +70,63 @@ def find_cycle(graph):
     return None
 
 
-def test_find_cycle_finds_a_planted_cycle():
-    """The checker itself works: it reports a planted circle and accepts a chain."""
+def layer_violations(graph):
+    """(importer, imported) pairs that go the wrong way: into a higher layer, or into the package's __init__ from a
+    module of the package (subpackage __init__ files hold only a docstring and count as their layer)."""
+    wrong = []
+    for module, targets in graph.items():
+        if module == "minvar":
+            continue
+        for target in targets:
+            if target == "minvar" or layer_of(target) > layer_of(module):
+                wrong.append((module, target))
+    return sorted(wrong)
+
+
+def test_checkers_find_planted_faults(tmp_path):
+    """The checkers themselves work: a planted circle is reported and a chain accepted; a method module importing
+    training, and a module importing the package itself, are both reported as going the wrong way."""
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    package = tmp_path / "minvar"
+    (package / "training").mkdir(parents=True)
+    (package / "__init__.py").write_text("from minvar.var import VAR\n")
+    (package / "var.py").write_text("def f():\n    from minvar.training import ema\n")
+    (package / "training" / "__init__.py").write_text("")
+    (package / "training" / "ema.py").write_text("import minvar\n")
+    graph = import_graph(package)
+    assert graph["minvar.var"] == {"minvar.training.ema"} and graph["minvar.training.ema"] == {"minvar"}
+    assert layer_violations(graph) == [("minvar.training.ema", "minvar"), ("minvar.var", "minvar.training.ema")]
 
 
-def test_minvar_import_graph_has_no_cycle():
-    """No chain of imports (module level or inside functions) leads from a minvar module back to itself; the
-    models (var.py, vqvae.py) import nothing that loads weight files."""
+def test_minvar_imports_flow_one_way():
+    """No chain of imports (module level or inside functions) leads from a minvar module back to itself; no module
+    imports a higher layer or the package itself; the models (var.py, vqvae.py) import nothing that loads files."""
     graph = import_graph()
-    assert {"official", "checkpoint", "var", "vqvae"} <= set(graph)
+    assert {"minvar.var", "minvar.io.checkpoint", "minvar.training.run", "minvar.evaluation.flops"} <= set(graph)
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
-    assert not graph["var"] & {"official", "checkpoint"} and not graph["vqvae"] & {"official", "checkpoint"}
+    assert layer_violations(graph) == []
+    assert not any(t.startswith("minvar.io") for t in graph["minvar.var"] | graph["minvar.vqvae"])
+
+
+def test_every_module_imports_in_a_fresh_interpreter():
+    """Every module imports (a fresh interpreter, the lowest layer first, so that no module leans on one imported
+    before it by the test run)."""
+    names = sorted(import_graph(), key=lambda name: (layer_of(name) if name != "minvar" else 9, name))
+    code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+    result = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_built_wheel_holds_every_module(tmp_path):
+    """A plain (non-editable) install gets the subpackages too: the wheel `pip wheel .` builds holds every .py file
+    of minvar/ (a `packages = ["minvar"]` list in pyproject.toml would leave io/, evaluation/, training/ out)."""
+    import zipfile
+    root = PACKAGE.parent
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                             "-w", str(tmp_path), str(root)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (wheel,) = tmp_path.glob("minvar-*.whl")
+    in_wheel = {name for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".py")}
+    in_tree = {path.relative_to(root).as_posix() for path in PACKAGE.rglob("*.py")}
+    assert in_tree <= in_wheel, f"missing from the wheel: {sorted(in_tree - in_wheel)}"

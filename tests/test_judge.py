@@ -1,10 +1,10 @@
-"""Tests for minvar/judge.py: the shapes classifier used to score samples and extract features."""
+"""Tests for minvar/evaluation/judge.py: the shapes classifier used to score samples and extract features."""
 
 import pytest
 import torch
 
-from minvar.data import ShapesDataset
-from minvar.judge import (Judge, JudgeConfig, augment, evaluate_accuracy, judge_predict, load_judge, save_judge,
+from minvar.io.data import ShapesDataset
+from minvar.evaluation.judge import (Judge, JudgeConfig, augment, evaluate_accuracy, judge_predict, load_judge, save_judge,
                           train_judge)
 
 TINY = JudgeConfig(num_classes=15, image_size=32, width=16, feature_dim=32)  # ~30 ms per training step on a CPU

@@ -1,10 +1,10 @@
-"""Tests for minvar/losses.py: the perceptual loss, the PatchGAN discriminator and the VQGAN GAN-loss helpers."""
+"""Tests for minvar/training/losses.py: the perceptual loss, the PatchGAN discriminator and the VQGAN GAN-loss helpers."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from minvar.losses import (
+from minvar.training.losses import (
     PatchDiscriminator,
     PerceptualLoss,
     adaptive_generator_weight,

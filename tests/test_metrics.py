@@ -1,4 +1,4 @@
-"""Tests for minvar/metrics.py and minvar/inception.py: every metric against an answer known in closed form."""
+"""Tests for minvar/evaluation/metrics.py and minvar/evaluation/inception.py: every metric against an answer known in closed form."""
 
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from minvar.inception import FIDInceptionV3, InceptionV3Features, tf_average_pool
-from minvar.metrics import (
+from minvar.evaluation.inception import FIDInceptionV3, InceptionV3Features, tf_average_pool
+from minvar.evaluation.metrics import (
     codebook_usage,
     compute_generation_metrics,
     frechet_distance,

@@ -12,7 +12,7 @@ import torch
 
 from conftest import OFFICIAL_KEYS, official_state_dicts, require
 from minvar import VAR, VQVAE, CheckpointError, load_official_var, load_official_vqvae
-from minvar.official import infer_var_config, infer_vqvae_config, strict_load
+from minvar.io.official import infer_var_config, infer_vqvae_config, strict_load
 from minvar.var import SCHEDULE_256, SCHEDULE_512
 
 # parameter counts measured on the official classes (docs/official_model.md): an independent check of the architecture

@@ -1,4 +1,4 @@
-"""Released weights by name (minvar/pretrained.py), exercised on a local file:// "mirror" and a temporary table entry.
+"""Released weights by name (minvar/io/pretrained.py), exercised on a local file:// "mirror" and a temporary table entry.
 
 Nothing here touches the network: the tests point `base_url` at a temporary folder and add a table entry whose size
 and SHA-256 are computed from the file the test wrote. What is protected: a truncated or altered download is
@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-from minvar import pretrained
-from minvar.pretrained import DownloadError, ReleasedFile, download
+from minvar.io import pretrained
+from minvar.io.pretrained import DownloadError, ReleasedFile, download
 
 PAYLOAD = os.urandom(3 * pretrained.CHUNK + 12345)  # a few read steps, not a whole number of them
 

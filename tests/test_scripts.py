@@ -30,8 +30,8 @@ if str(REPO) not in sys.path:  # the scripts live at the repository root, beside
 import sample  # noqa: E402
 import train_tokenizer  # noqa: E402
 import train_var  # noqa: E402
-from minvar.checkpoint import load_tokenizer  # noqa: E402
-from minvar.data import ShapesDataset  # noqa: E402
+from minvar.io.checkpoint import load_tokenizer  # noqa: E402
+from minvar.io.data import ShapesDataset  # noqa: E402
 from minvar.vqvae import VQVAE  # noqa: E402
 
 # Small but enough to overfit: a few shapes images, batch 4, a 1-block 64-wide VAR with a high learning rate.

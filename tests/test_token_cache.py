@@ -1,4 +1,4 @@
-"""The token cache (minvar/token_cache.py) and train_var.py's use of it.
+"""The token cache (minvar/training/token_cache.py) and train_var.py's use of it.
 
 What is protected: training from the cache is bit-identical to encoding every batch on the fly (same seed, no
 augmentation: same weights, exactly); a changed tokenizer, a changed image file and a changed built-in dataset
@@ -20,10 +20,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 import train_tokenizer  # noqa: E402
 import train_var  # noqa: E402
-from minvar.checkpoint import load_tokenizer  # noqa: E402
-from minvar.data import ImageFolderDataset, ShapesDataset  # noqa: E402
-from minvar.training import cosine_lr_at, lr_wd_at  # noqa: E402
-from minvar.token_cache import TokenDataset, load_or_build_token_cache  # noqa: E402
+from minvar.io.checkpoint import load_tokenizer  # noqa: E402
+from minvar.io.data import ImageFolderDataset, ShapesDataset  # noqa: E402
+from minvar.training.schedule import cosine_lr_at, lr_wd_at  # noqa: E402
+from minvar.training.token_cache import TokenDataset, load_or_build_token_cache  # noqa: E402
 
 VAR_ARGS = ["--device", "cpu", "--num-images", "8", "--batch-size", "4", "--width", "64", "--depth", "1",
             "--base-learning-rate", "0.5", "--warmup-steps", "2", "--log-every", "1", "--sample-every", "0",

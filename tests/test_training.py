@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from conftest import FIXTURES, require
-from minvar.training import Distributed, StepBatchSampler, global_batch_indices, is_due, lr_wd_at
+from minvar.training.data_order import StepBatchSampler, global_batch_indices
+from minvar.training.distributed import Distributed
+from minvar.training.run import is_due
+from minvar.training.schedule import lr_wd_at
 
 RECIPE_FLAGS = {"d16": dict(final_lr_ratio=0.1, final_weight_decay=0.05),
                 "d20": dict(final_lr_ratio=0.1, final_weight_decay=0.05),
@@ -62,7 +65,7 @@ def test_ema_averages_parameters_and_copies_buffers():
     """The EMA model averages parameters (decay 0.5: halfway between old and new) and copies buffers, so VAR's
     block-causal mask keeps its -inf entries (a lerp of -inf with -inf is NaN) and the EMA model's teacher-forced
     forward stays finite."""
-    from minvar.training import EMA
+    from minvar.training.ema import EMA
     from minvar.var import VAR
     torch.manual_seed(0)
     var = VAR.from_preset("tiny", num_classes=3)
@@ -86,7 +89,7 @@ def test_var_checkpoints_with_nan_are_refused_and_old_ema_masks_are_repaired(tmp
     (what minvar wrote before the EMA copied buffers) loads with the live model's buffers and gives the live model's
     logits, since mask buffers are not learned."""
     from minvar import VAR, VARConfig
-    from minvar.checkpoint import CheckpointError, load_var, save_checkpoint
+    from minvar.io.checkpoint import CheckpointError, load_var, save_checkpoint
     torch.manual_seed(0)
     config = VARConfig(depth=2, width=32, num_heads=2, num_classes=3, vocab_size=16, code_dim=4, patch_nums=(1, 2, 3))
     var = VAR(config).eval()
@@ -114,24 +117,24 @@ def test_busy_cores_sees_a_spinning_process_and_set_threads_warns_only_when_core
     import subprocess
     import sys
 
-    from minvar import training
+    from minvar.training import precision
     spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 30\nwhile time.time() < end: pass"])
     try:
         time.sleep(0.5)  # let it start spinning
-        assert training.busy_cores(window=0.5) >= 0.5
+        assert precision.busy_cores(window=0.5) >= 0.5
     finally:
         spinner.kill()
         spinner.wait()
     before = torch.get_num_threads()
     try:
-        monkeypatch.setattr(training, "busy_cores", lambda: float(os.cpu_count()))  # every core taken
-        assert training.set_threads(1) == 1
+        monkeypatch.setattr(precision, "busy_cores", lambda: float(os.cpu_count()))  # every core taken
+        assert precision.set_threads(1) == 1
         assert "--threads 1" not in capsys.readouterr().out  # 1 thread never exceeds the one core always assumed free
         if os.cpu_count() >= 2:
-            training.set_threads(2)
+            precision.set_threads(2)
             assert "warning: torch uses 2 CPU threads" in capsys.readouterr().out
-        monkeypatch.setattr(training, "busy_cores", lambda: 0.0)  # an idle machine
-        training.set_threads(os.cpu_count())
+        monkeypatch.setattr(precision, "busy_cores", lambda: 0.0)  # an idle machine
+        precision.set_threads(os.cpu_count())
         assert "warning" not in capsys.readouterr().out
     finally:
         torch.set_num_threads(before)

@@ -26,8 +26,8 @@ import torch
 import common  # flags, threads, and the trained tokenizer (tutorials/common.py)
 import matplotlib.pyplot as plt
 
-from minvar.data import HELD_OUT_SEED_OFFSET, ShapesDataset
-from minvar.metrics import psnr
+from minvar.io.data import HELD_OUT_SEED_OFFSET, ShapesDataset
+from minvar.evaluation.metrics import psnr
 from minvar.quantizer import phi_index_per_scale
 
 args = common.parse_args(__doc__.split("\n")[0])

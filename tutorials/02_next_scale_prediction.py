@@ -25,7 +25,7 @@ import common  # flags, threads, and the trained models (tutorials/common.py)
 import matplotlib.pyplot as plt
 
 from minvar import generate
-from minvar.data import HELD_OUT_SEED_OFFSET, ShapesDataset
+from minvar.io.data import HELD_OUT_SEED_OFFSET, ShapesDataset
 from minvar.var import block_causal_mask
 
 args = common.parse_args(__doc__.split("\n")[0])

@@ -26,7 +26,7 @@ import common  # flags, threads, stand-in recipe (tutorials/common.py)
 import matplotlib.pyplot as plt
 import train_tokenizer
 import train_var
-from minvar.checkpoint import load_tokenizer
+from minvar.io.checkpoint import load_tokenizer
 
 args = common.parse_args(__doc__.split("\n")[0])
 

@@ -22,7 +22,7 @@ import common  # flags, threads, and the trained models (tutorials/common.py)
 import matplotlib.pyplot as plt
 
 from minvar import box_keep_mask, edit
-from minvar.data import HELD_OUT_SEED_OFFSET, ShapesDataset
+from minvar.io.data import HELD_OUT_SEED_OFFSET, ShapesDataset
 from minvar.sampling import scale_keep_mask
 
 

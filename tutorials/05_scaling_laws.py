@@ -39,8 +39,8 @@ from tqdm import tqdm
 import common  # flags, threads, and the trained tokenizer (tutorials/common.py)
 import matplotlib.pyplot as plt
 
-from minvar.data import HELD_OUT_SEED_OFFSET, ShapesDataset
-from minvar.training import lr_wd_at, set_lr_wd
+from minvar.io.data import HELD_OUT_SEED_OFFSET, ShapesDataset
+from minvar.training.schedule import lr_wd_at, set_lr_wd
 from minvar.var import VAR, VARConfig
 
 # The full and fast settings. The full ones were sized for ~10 minutes on 2 shared CPU cores (tutorials/README.md).

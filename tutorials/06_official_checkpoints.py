@@ -94,7 +94,7 @@ Put them in checkpoints/ (or pass --vae and --var), e.g. with a browser or
     wget -P checkpoints {HUGGING_FACE}/resolve/main/vae_ch160v4096z32.pth
     wget -P checkpoints {HUGGING_FACE}/resolve/main/var_d16.pth
 and run this tutorial again, or let minvar fetch and check them into its cache folder (~/.cache/minvar):
-    python -c "from minvar.pretrained import download; print(download('vae'), download('d16'))"
+    python -c "from minvar.io.pretrained import download; print(download('vae'), download('d16'))"
     python sample.py --pretrained d16 --classes 980,437 --per-class 4
 (This tutorial never downloads anything itself.)""")
 

@@ -18,14 +18,14 @@ The VAR paper's case for next-scale prediction is one table, its ablation study 
     7    + scale up                   2.0B   VAR-d30  yes    600    2.0  0.052   1.73
 
 Here every row is trained on the same data with the same counted training compute (FLOPs of a forward and backward
-pass, minvar.flops), then sampled with its settings and measured:
+pass, minvar.evaluation.flops), then sampled with its settings and measured:
   1. two tokenizers with the same training budget: the multi-scale one VAR needs, and a ONE-scale one (the same
      VQVAE with patch_nums=(n,)) for the raster-scan AR, so both models see the same resolution and codebook size;
   2. five trained models: AR (row 1), VAR without AdaLN and without attention normalization (row 2), VAR with AdaLN
      (rows 3-5: top-k and CFG are sampling settings of the same weights), the default VAR (row 6) and a bigger VAR
      (row 7);
   3. sampling cost: wall time per image at a fixed batch (the rows interleaved, median of repeats) and counted FLOPs;
-  4. quality: the share of samples the judge (minvar.judge) assigns to their class, Fréchet distance and k=3
+  4. quality: the share of samples the judge (minvar.evaluation.judge) assigns to their class, Fréchet distance and k=3
      precision/recall in the judge's feature space (as evaluate.py);
   5. the table with the paper's values beside it, a figure, and 07_ablations.json.
 The cost argument itself (n² steps and O(n⁶) for AR against K steps and O(n⁴) for VAR as the token map grows) is
@@ -53,14 +53,16 @@ from tqdm import tqdm
 import common  # flags, threads, figures (tutorials/common.py)
 import matplotlib.pyplot as plt
 
-from minvar.ar import AR, ARConfig, generate_ar, load_ar, sample_tokens, save_ar
-from minvar.checkpoint import load_tokenizer, load_var, read_file, save_checkpoint, strict_load
-from minvar.data import build_dataset, save_image_grid
-from minvar.flops import count_flops
-from minvar.judge import evaluate_accuracy, judge_predict, train_judge
-from minvar.metrics import frechet_distance_from_features, precision_recall, psnr
+from minvar.ar import AR, ARConfig, generate_ar, sample_tokens
+from minvar.io.checkpoint import load_ar, save_ar
+from minvar.io.checkpoint import load_tokenizer, load_var, read_file, save_checkpoint, strict_load
+from minvar.io.data import build_dataset, save_image_grid
+from minvar.evaluation.flops import count_flops
+from minvar.evaluation.judge import evaluate_accuracy, judge_predict, train_judge
+from minvar.evaluation.metrics import frechet_distance_from_features, precision_recall, psnr
 from minvar.sampling import generate, sample_scales
-from minvar.training import lr_wd_at, set_lr_wd, step_generator
+from minvar.training.data_order import step_generator
+from minvar.training.schedule import lr_wd_at, set_lr_wd
 from minvar.var import VAR, VARConfig
 from minvar.vqvae import VQVAE, VQVAEConfig
 

@@ -27,7 +27,7 @@ import matplotlib
 matplotlib.use("Agg")  # write PNG files, never open a window (works on servers and in tests)
 import torch
 
-from minvar.checkpoint import load_tokenizer, load_var, read_file
+from minvar.io.checkpoint import load_tokenizer, load_var, read_file
 
 # Stand-in runs: (tokenizer steps, VAR steps, batch size), far fewer than the quickstart's defaults (scripts' --help).
 STANDIN_RECIPES = {"fast": (8, 8, 4), "full": (150, 150, 16)}

@@ -1,8 +1,8 @@
 """Counting floating-point operations: a VAR training step from its config (for MFU), or any call by running it.
 
 Two counts for two jobs: `var_training_flops` / `vqvae_training_flops` / `peak_flops` / `mfu` below give the MFU of
-the two training logs and the benchmarks; `count_flops` runs a call under PyTorch's FlopCounterMode for tutorials/07_ablations.py (equal training
-compute for every row, sampling cost per image) and bench/bench_cost.py (the cost of generation as the token map
+the two training logs and the benchmarks; `count_flops` runs a call under PyTorch's FlopCounterMode for
+tutorials/07_ablations.py (equal training compute for every row, sampling cost per image) and bench/bench_cost.py (the cost of generation as the token map
 grows: the paper's O(n⁶) vs O(n⁴), Section 3.1).
 
 MFU (model FLOPs utilisation, PaLM paper Appendix B; printed by nanoGPT and nanochat) = FLOPs a step needs by the

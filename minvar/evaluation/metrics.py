@@ -10,7 +10,8 @@ metric code of its own, so this file re-derives each metric from its paper:
   * PSNR and codebook usage / perplexity: the usual tokenizer diagnostics (VQGAN, Esser et al. 2021; VAR Sec. 3.2).
 
 Feature extractors are pluggable: any callable `images (B, 3, H, W) in [-1, 1] → (probs (B, C) or None,
-features (B, D))` works (the `FeatureExtractor` protocol). `minvar.inception.InceptionV3Features` is the standard one.
+features (B, D))` works (the `FeatureExtractor` protocol). `minvar.evaluation.inception.InceptionV3Features` is the
+standard one.
 
 Everything that is sensitive to rounding (covariances, matrix square roots, logs of small probabilities, distance
 comparisons) runs in float64.
@@ -33,7 +34,6 @@ from typing import Protocol, Union
 import numpy as np
 import torch
 
-from minvar.inception import InceptionV3Features  # re-exported: `from minvar.metrics import InceptionV3Features`
 
 ArrayLike = Union[torch.Tensor, np.ndarray]  # Union, not |, so the alias also evaluates on Python 3.9
 

@@ -5,7 +5,8 @@ Paper: the ImageNet class-conditional setting of Section 4 (implementation detai
 Two datasets, both returning `(image, label)` with `image` a float32 tensor (3, H, W) in [-1, 1]:
 
 * `ShapesDataset`: a built-in, file-free, class-conditional dataset (shape x colour) drawn procedurally with PIL.
-  It lets the whole pipeline (tokenizer, VAR, sampling, evaluation with `minvar.judge`) run on a CPU in minutes.
+  It lets the whole pipeline (tokenizer, VAR, sampling, evaluation with `minvar.evaluation.judge`) run on a CPU in
+  minutes.
 * `ImageFolderDataset`: real images, one sub-folder per class (ImageNet's `train/` layout) or one flat folder.
   Its transforms follow the official VAR `utils/data.py`: resize the shorter side to round(1.125 * image_size)
   with LANCZOS, RandomCrop (training) or CenterCrop (evaluation), optional horizontal flip, then `x * 2 - 1`.
@@ -34,14 +35,14 @@ HELD_OUT_SEED_OFFSET = 1_000_003  # build_dataset(train=False) uses seed + this,
 # identity lives in details smaller than ~5 px is decided only by the last scale's 64 independently sampled tokens.
 # Measured with a star and a plus in place of the bar and the ring: judge accuracy on reconstructions from the first
 # 5 of 6 scales was 0% for stars and 10-35% for pluses, and a 1500-step VAR drew recognisable stars in 4% of samples.
-# With this set and its own tokenizer: bars 95-100%, rings 75-85%. See the README, "the built-in dataset".
+# With this set and its own tokenizer: bars 95-100%, rings 75-85%. See docs/results.md#presets.
 SHAPES = ["circle", "square", "triangle", "bar", "ring"]
 RING_HOLE = 0.5  # inner radius of the ring, as a fraction of its outer radius
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 225)}  # mean RGB of each colour class
 SUPERSAMPLE = 4  # shapes are drawn at 4x resolution and LANCZOS-downsampled, which gives smooth anti-aliased edges
 # Shapes stand upright (a square's sides level, a triangle's apex up), tilted by at most this many degrees. Pose is
 # what a 10-minute CPU model learns worst: at the quickstart's defaults the judge recognised 97.5% of samples with
-# this limit and 68.8% with any rotation (180; README, "the built-in dataset"). 180 makes a harder dataset for
+# this limit and 68.8% with any rotation (180; docs/results.md#presets). 180 makes a harder dataset for
 # longer runs; the judge is trained on whichever is set.
 MAX_TILT_DEGREES = 30
 
@@ -246,8 +247,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
 def dataset_fingerprint(dataset) -> dict:
     """What decides a dataset's images, small enough to store in a file and to print. Any change that could change
-    an image gives another fingerprint; the token cache (`minvar/token_cache.py`) and the judge (`evaluate.py`) use
-    it to refuse what was made from other data.
+    an image gives another fingerprint; the token cache (`minvar/training/token_cache.py`) and the judge
+    (`evaluate.py`) use it to refuse what was made from other data.
 
     Built-in shapes: its parameters and a hash of its first images' pixels (so a change to the drawing code counts).
     Image folders: the sizes, the classes and a hash of the listing (each file's path relative to the folder, label,

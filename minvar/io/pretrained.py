@@ -2,7 +2,7 @@
 
 Paper: the VAR-d16 ... d36 models of Table 1 and Section 4, as the official repository releases them.
 
-    from minvar.pretrained import download, load
+    from minvar.io.pretrained import download, load
     path = download("vae")                   # ~/.cache/minvar/vae_ch160v4096z32.pth (or $MINVAR_CACHE)
     vae, var = load("d16")                   # both files, loaded strictly, checked to fit together
 
@@ -34,7 +34,7 @@ from typing import Optional
 
 from tqdm.auto import tqdm
 
-from minvar.official import load_official_var, load_official_vqvae
+from minvar.io.official import load_official_var, load_official_vqvae
 from minvar.sampling import check_pair
 
 BASE_URL = "https://huggingface.co/FoundationVision/var/resolve/main"

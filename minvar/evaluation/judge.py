@@ -174,7 +174,7 @@ def load_judge(path) -> Judge:
     kind = checkpoint.get("kind") if isinstance(checkpoint, dict) else type(checkpoint).__name__
     if kind != JUDGE_KIND:
         raise ValueError(f"{path} is not a minvar judge (its kind is {kind!r}, expected {JUDGE_KIND!r}); "
-                         f"pass a file written by minvar.judge.save_judge")
+                         f"pass a file written by minvar.evaluation.judge.save_judge")
     judge = Judge(JudgeConfig(**checkpoint["config"]))
     judge.load_state_dict(checkpoint["model"])
     judge.trained_on = checkpoint.get("data")  # None for a judge saved before the data was recorded

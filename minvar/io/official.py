@@ -10,7 +10,7 @@ persistent buffers, so they load strictly with no key left over. The architectur
 
 A weight file is untrusted input: every file is read with `torch.load(..., weights_only=True)`, so loading never
 runs code, and every problem (wrong kind of file, missing or unexpected keys, a shape that disagrees) is reported
-in words that say what to do, never as a raw PyTorch traceback. minvar's own run checkpoints (minvar/checkpoint.py)
+in words that say what to do, never as a raw PyTorch traceback. minvar's own run checkpoints (minvar/io/checkpoint.py)
 are read through the same `read_file` and `strict_load`.
 
 Dependencies point one way: this file imports the models (var.py, vqvae.py) and sampling.py's pairing check; the

@@ -231,7 +231,8 @@ class FIDInceptionV3(nn.Module):
 
 
 class InceptionV3Features(nn.Module):
-    """Feature extractor for `minvar.metrics.compute_generation_metrics`: images → (class probabilities, features).
+    """Feature extractor for `minvar.evaluation.metrics.compute_generation_metrics`: images → (class probabilities,
+    features).
 
     Usage:
         extractor = InceptionV3Features("pt_inception-2015-12-05-6726825d.pth").to(device)

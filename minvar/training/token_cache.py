@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from minvar.checkpoint import atomic_save
-from minvar.data import ImageFolderDataset, dataset_fingerprint
+from minvar.io.checkpoint import atomic_save
+from minvar.io.data import ImageFolderDataset, dataset_fingerprint
 
 TOKEN_CACHE_KIND = "minvar-token-cache"
 
@@ -45,7 +45,7 @@ def tokenizer_fingerprint(vae: torch.nn.Module) -> str:
 
 
 def data_fingerprint(dataset, hflip: bool) -> str:
-    """SHA-256 of what decides the cached tokens' images: `minvar.data.dataset_fingerprint` (parameters and pixels
+    """SHA-256 of what decides the cached tokens' images: `minvar.io.data.dataset_fingerprint` (parameters and pixels
     of the built-in shapes; every file's path, size and modification time in a folder) and the views (flips).
     Other datasets cannot be fingerprinted: train those with on-the-fly encoding."""
     try:

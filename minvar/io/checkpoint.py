@@ -1,11 +1,12 @@
-"""minvar's own self-describing run checkpoints, and loading either kind of file into a model.
+"""minvar's own self-describing run checkpoints (tokenizer, VAR, AR baseline), and loading either kind of file
+(minvar's or the released official ones) into a model.
 
 Paper: the models of Section 3.2 and Table 1, as released by the official repository (docs/official_model.md).
 
 A minvar run checkpoint is one dict: {"kind", "config", "model", "optimizer", "step", "class_names",
 "minvar_version", ...}, written atomically (temporary file, then rename), so a kill during a save never leaves a
 broken latest checkpoint. `load_tokenizer` and `load_var` also accept the released official files, through
-minvar/official.py, whose safe reading (`read_file`, weights_only=True) and readable strict loading they share.
+minvar/io/official.py, whose safe reading (`read_file`, weights_only=True) and readable strict loading they share.
 """
 from __future__ import annotations
 
@@ -16,10 +17,14 @@ from typing import Any, Dict
 
 import torch
 
-from minvar.official import (CheckpointError, kind_of_state_dict, load_official_var, load_official_vqvae, read_file,
-                             strict_load)
+from minvar.ar import AR, ARConfig
+from minvar.io.official import (CheckpointError, kind_of_state_dict, load_official_var, load_official_vqvae, read_file,
+                                strict_load)
 from minvar.var import VAR, VARConfig
 from minvar.vqvae import VQVAE, VQVAEConfig
+
+MINVAR_VERSION = "0.1.0"  # written into every checkpoint; minvar.__version__ and pyproject.toml's version are this
+
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -44,8 +49,8 @@ def atomic_save(obj, path: str) -> None:
 def save_checkpoint(path: str, kind: str, model: torch.nn.Module, config, step: int, class_names=None,
                     optimizer=None, **extra) -> None:
     """Write one self-describing checkpoint atomically: a temporary file in the same folder, then `os.replace`."""
-    import minvar  # the version goes into the file, for whoever reads it in a year
-    payload = {"kind": kind, "minvar_version": minvar.__version__, "config": asdict(config),
+    # the version goes into the file, for whoever reads it in a year
+    payload = {"kind": kind, "minvar_version": MINVAR_VERSION, "config": asdict(config),
                "model": model.state_dict(), "step": int(step), "class_names": list(class_names or []),
                "optimizer": optimizer.state_dict() if optimizer is not None else None, **extra}
     atomic_save(payload, path)
@@ -104,3 +109,16 @@ def load_var(path_or_dict, use_ema: bool = True) -> VAR:
         weights = {**weights, **{name: data["model"][name] for name, _ in var.named_buffers() if name in weights}}
     strict_load(var, weights, "VAR")
     return var.eval()
+
+
+def save_ar(path: str, ar: AR, step: int, class_names=None, optimizer=None, **extra) -> None:
+    """A self-describing checkpoint of the raster-scan baseline (kind "minvar-ar"), written atomically."""
+    save_checkpoint(path, "minvar-ar", ar, ar.config, step, class_names, optimizer, **extra)
+
+
+def load_ar(path_or_dict) -> AR:
+    """An AR checkpoint written by `save_ar` -> AR in eval mode (weights_only loading, errors in words)."""
+    data = load_checkpoint(path_or_dict, "minvar-ar")
+    ar = AR(config_from_dict(ARConfig, data["config"]))
+    strict_load(ar, data["model"], "AR")
+    return ar.eval()
