@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minvar.sampling import Labels, make_generator, resolve_labels, top_k_top_p_
-from minvar.var import FFN
+from minvar.blocks import FFN
 
 
 

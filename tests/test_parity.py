@@ -145,7 +145,10 @@ def test_sampling_runs(official_tiny, run):
     The greedy runs are deterministic by construction. The stochastic runs also match token for token because
     minvar makes the same torch.multinomial / exponential_ calls on a generator seeded the same way. The Gumbel
     (more_smooth) run divides logits by a temperature down to 0.0185, which amplifies 1e-6 logit noise ~100×,
-    so its f̂ and images get a looser bound.
+    so its f̂ and images get a looser bound, and at its finest scale a near-tie may fall the other way when the
+    float32 sums run in another order: with 2 threads on an Intel Xeon (AMX) 1 of the 512 last-scale tokens did
+    (1 thread and the AMD EPYC of earlier runs: none). It may differ in at most 1% of that scale's tokens; a wrong
+    sampler differs at every scale.
     """
     vae, var = official_tiny
     ref = load_fixture("var_samples.pt")["runs"][run]
@@ -158,7 +161,9 @@ def test_sampling_runs(official_tiny, run):
         images = vae.fhat_to_img(f_hat).add(1).mul(0.5)
     tolerance = 1e-2 if kw["more_smooth"] else ATOL
     for k in range(10):
-        assert torch.equal(tokens[k], ref["idx_Bl"][k]), f"scale {k}: sampled tokens differ"
+        differ = (tokens[k] != ref["idx_Bl"][k]).sum().item()
+        allowed = tokens[k].numel() // 100 if kw["more_smooth"] and k == 9 else 0
+        assert differ <= allowed, f"scale {k}: {differ} sampled tokens differ"
     f_hats = select(ref, "fhat_after_each_scale", f_hats)
     for k, (mine, theirs) in enumerate(zip(f_hats, ref["fhat_after_each_scale"])):
         assert (mine - theirs).abs().max() < tolerance, f"scale {k}: f̂ differs"

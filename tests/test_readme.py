@@ -72,3 +72,20 @@ def test_commands_name_existing_scripts():
     for script in scripts:
         assert (REPO / script).is_file(), script
     assert "pytest" in blocks[1]
+
+
+def test_reading_path_is_on_the_first_screen_and_its_line_counts_are_current():
+    """The README's reading path (the method's files in reading order, each with its line count) starts within the
+    first 60 lines, names every module at the top of minvar/ (the method), and each count is within 10% of the
+    file's real length, so the table cannot silently go stale as the files change."""
+    lines = readme().splitlines()
+    rows = [(i, m) for i, line in enumerate(lines)
+            if (m := re.match(r"\| *\d+ *\| *\[`(minvar/\w+\.py)`\]\([^)]*\) *\| *(\d+) *\|", line))]
+    assert rows, "no reading-path rows found: the pattern above is broken"
+    assert rows[0][0] < 60, f"the reading path starts at line {rows[0][0] + 1}"
+    named = {m.group(1) for _, m in rows}
+    method = {f"minvar/{path.name}" for path in (REPO / "minvar").glob("*.py") if path.name != "__init__.py"}
+    assert named == method, f"reading path {sorted(named)} against the method's files {sorted(method)}"
+    for _, m in rows:
+        real = len((REPO / m.group(1)).read_text().splitlines())
+        assert abs(int(m.group(2)) - real) <= 0.1 * real, f"{m.group(1)}: README says {m.group(2)} lines, it has {real}"

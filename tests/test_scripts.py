@@ -246,6 +246,30 @@ def test_two_process_ddp_equals_one_process_on_the_same_global_batch(tokenizer_r
     assert (tmp_path / "ddp" / "log.txt").read_text().count("token cache: encoding") == 1  # rank 0 built it once
 
 
+def test_two_node_torchrun_as_the_readme_launches_it_equals_one_process(tokenizer_run, tmp_path, no_sample_grid):
+    """The README's multi-node command works: two `torchrun --nnodes 2 --node_rank R --master_addr ... --master_port
+    ...` launchers (here both on this machine, one process each, rendezvous on localhost) train the same weights as
+    one process on the same global batch, and only node 0's process writes the run folder."""
+    args = ["--tokenizer", str(tokenizer_run[1]), "--steps", "4", *VAR_ARGS, "--precision", "fp32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    port = str(free_port())
+    launchers = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank",
+                                   str(rank), "--master_addr", "127.0.0.1", "--master_port", port,
+                                   "--nproc_per_node", "1", "train_var.py", "--out-dir", str(tmp_path / "nodes"),
+                                   *args, "--batch-size", "2"],
+                                  cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for rank in (0, 1)]
+    outputs = [launcher.communicate(timeout=600)[0] for launcher in launchers]
+    for rank, (launcher, output) in enumerate(zip(launchers, outputs)):
+        assert launcher.returncode == 0, f"node {rank}:\n{output[-4000:]}"
+    train_var.main(["--out-dir", str(tmp_path / "single"), *args, "--batch-size", "4"])
+
+    nodes, single = load(tmp_path / "nodes" / "checkpoint.pt"), load(tmp_path / "single" / "checkpoint.pt")
+    assert nodes["step"] == single["step"] == 4
+    assert_same_weights(nodes["model"], single["model"], atol=1e-5)
+    assert sorted(logged_losses(tmp_path / "nodes")) == [1, 2, 3, 4]  # one log, written by one process
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # 5. corrupt data
 def test_corrupt_image_is_skipped_counted_and_named(tokenizer_run, tmp_path):
