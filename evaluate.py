@@ -209,6 +209,7 @@ def floor_and_ceiling(args, vae, measure, held_out, held_out_labels, size: int) 
     report = {}
     real_scores = measure(held_out, held_out_labels)
     report["judge_accuracy_real"] = real_scores["judge_accuracy"]
+    report["judge_accuracy_real_per_class"] = real_scores["judge_accuracy_per_class"]
     report["frechet_distance_real_floor"] = real_scores["fid"]
     report["precision_real"], report["recall_real"] = real_scores["precision"], real_scores["recall"]
     tokenizer = reconstruction_tokenizer(args, vae)
@@ -218,6 +219,7 @@ def floor_and_ceiling(args, vae, measure, held_out, held_out_labels, size: int) 
                                          for i in range(0, len(held_out), 256)])  # (matched, 3, H, W)
         rec_scores = measure(reconstructions, held_out_labels)
         report["judge_accuracy_reconstructions"] = rec_scores["judge_accuracy"]
+        report["judge_accuracy_reconstructions_per_class"] = rec_scores["judge_accuracy_per_class"]
         report["frechet_distance_reconstructions"] = rec_scores["fid"]
         report["precision_reconstructions"] = rec_scores["precision"]
         report["recall_reconstructions"] = rec_scores["recall"]
@@ -274,14 +276,52 @@ def add_sample_scores(report: dict, result: dict) -> None:
             report["frechet_distance_reconstructions"], 1e-12)
 
 
+def diagnose_classes(report: dict, worst: int = 5) -> list:
+    """Per class: where it loses its identity, in the tokenizer or in the transformer.
+
+    The judge's accuracy on real images of a class is what the class can reach at all; on the tokenizer's
+    reconstructions of the same images, what is left after tokenization (real - reconstructions: the tokenizer's
+    loss); on the samples, what the transformer draws (reconstructions - samples: the transformer's loss, since a
+    sample is at best a reconstruction). Returns the `worst` classes by total loss (real - samples), worst first.
+    """
+    real = report.get("judge_accuracy_real_per_class", {})
+    reconstructed = report.get("judge_accuracy_reconstructions_per_class", {})
+    sampled = report.get("judge_accuracy_samples_per_class", {})
+    rows = []
+    for name in sampled:
+        row = {"class": name, "real": real.get(name), "reconstructions": reconstructed.get(name),
+               "samples": sampled[name]}
+        if row["real"] is not None and row["reconstructions"] is not None:
+            row["tokenizer_loss"] = round(row["real"] - row["reconstructions"], 4)
+            row["transformer_loss"] = round(row["reconstructions"] - row["samples"], 4)
+            row["blame"] = "tokenizer" if row["tokenizer_loss"] > row["transformer_loss"] else "transformer"
+        rows.append(row)
+    rows.sort(key=lambda row: (row["real"] if row["real"] is not None else 1.0) - row["samples"], reverse=True)
+    return rows[:worst]
+
+
+def print_diagnosis(rows: list) -> None:
+    """The worst classes as a table: judged right on real images, reconstructions and samples, and who lost it."""
+    if not rows:
+        return
+    print("classes that lose most (judged right: real / reconstructions / samples; the larger loss is to blame):")
+    def percent(value):
+        return "    -" if value is None else f"{100 * value:5.1f}%"
+
+    for row in rows:
+        print(f"  {row['class']:<24} {percent(row['real'])} / {percent(row['reconstructions'])} / "
+              f"{percent(row['samples'])}   {row.get('blame', '')}")
+
+
 def write_report(report: dict, out: str) -> None:
     """The report as JSON at `out`, and one printed line per number (the sweep's rows were printed as they came)."""
     with open(out, "w") as file:
         json.dump(report, file, indent=1)
     width = max(len(k) for k in report)
     for key, value in report.items():
-        if key != "sweep":
+        if key not in ("sweep", "worst_classes") and not key.endswith("_per_class"):
             print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    print_diagnosis(report.get("worst_classes", []))
     print(f"wrote {out}")
 
 
@@ -325,6 +365,7 @@ def main(argv=None):
         out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "sampling.json")
     else:
         add_sample_scores(report, measure(fake, fake_labels))
+        report["worst_classes"] = diagnose_classes(report)
         out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.samples)), "evaluation.json")
 
     # 6. the report

@@ -70,6 +70,30 @@ def test_per_class_accuracy_adds_up(report_pair):
     assert sum(per_class.values()) / len(per_class) == pytest.approx(right["judge_accuracy_samples"], abs=1e-3)
 
 
+def test_worst_classes_blame_the_stage_that_lost_them():
+    """The per-class diagnosis: a class the tokenizer already loses (real right, reconstructions wrong) is blamed on
+    the tokenizer; one whose reconstructions are right but samples wrong, on the transformer; the list is ordered by
+    the total loss (real minus samples), worst first, and a class lost nowhere comes last."""
+    report = {"judge_accuracy_real_per_class": {"a": 1.0, "b": 0.9, "c": 1.0},
+              "judge_accuracy_reconstructions_per_class": {"a": 0.3, "b": 0.9, "c": 1.0},
+              "judge_accuracy_samples_per_class": {"a": 0.2, "b": 0.4, "c": 0.95}}
+    rows = evaluate.diagnose_classes(report, worst=3)
+    assert [row["class"] for row in rows] == ["a", "b", "c"]
+    assert rows[0]["blame"] == "tokenizer" and rows[0]["tokenizer_loss"] == pytest.approx(0.7)
+    assert rows[1]["blame"] == "transformer" and rows[1]["transformer_loss"] == pytest.approx(0.5)
+    assert len(evaluate.diagnose_classes(report, worst=1)) == 1
+
+
+def test_report_lists_the_worst_classes_with_real_accuracy(report_pair):
+    """An end-to-end report names its worst classes, each with the judge's accuracy on real images of that class
+    (the reachable level) beside the samples', and prints them as a table."""
+    _, wrong = report_pair
+    rows = wrong["worst_classes"]
+    assert 1 <= len(rows) <= 5
+    assert all(row["real"] is not None and row["samples"] <= row["real"] for row in rows)
+    assert rows[0]["real"] - rows[0]["samples"] >= rows[-1]["real"] - rows[-1]["samples"]
+
+
 def test_real_samples_sit_near_the_real_floor(report_pair):
     """Real images as samples: precision and recall near the real-vs-real ones, distances of the same order."""
     right, _ = report_pair
