@@ -1,22 +1,28 @@
-"""Tutorial 2: next-scale prediction: the block-causal mask, the input sequence, the KV cache and guidance.
+# %% [markdown]
+# # Tutorial 2: next-scale prediction: the block-causal mask, the input sequence, the KV cache and guidance
+#
+#     python tutorials/02_next_scale_prediction.py          # uses runs/var/checkpoint.pt if the quickstart made it
+#     python tutorials/02_next_scale_prediction.py --fast   # seconds; trains a tiny stand-in if needed
+#
+# Opened as a notebook (Jupyter with jupytext, VS Code, PyCharm) it runs cell by cell, with its flags taken from the
+# environment variable `MINVAR_TUTORIAL_ARGS`, e.g. `"--fast"` (tutorials/README.md).
+#
+# A GPT predicts token i+1 from tokens 1..i. VAR (paper Sections 3.1-3.2, Figure 4) predicts the whole token map of
+# scale k from the class and ALL of scales 1..k-1, in one step: the unit of autoregression is a scale, not a token.
+#
+# What you will see (figures go to `--out-dir`):
+#
+# 1. the block-causal attention mask → `02_block_causal_mask.png`
+# 2. the input sequence: start token, then the cumulative f̂ downsampled to each next scale
+#    → `02_sequence_layout.png`
+# 3. teacher forcing (training: one pass, masked) vs the KV cache (sampling: K passes); same logits
+# 4. classifier-free guidance with the official linear ramp t = cfg·k/(K-1)
+#    → `02_cfg_schedule.png`, `02_cfg_samples.png`
+#
+# Shape legend: B batch, K number of scales, k scale index, pn side of scale k's map, l = pn², L = Σ pn², C width,
+# Cvae code dimension, V codebook size.
 
-    python tutorials/02_next_scale_prediction.py          # uses runs/var/checkpoint.pt if the quickstart made it
-    python tutorials/02_next_scale_prediction.py --fast   # seconds; trains a tiny stand-in if needed
-
-A GPT predicts token i+1 from tokens 1..i. VAR (paper Sections 3.1-3.2, Figure 4) predicts the whole token map of
-scale k from the class and ALL of scales 1..k-1, in one step: the unit of autoregression is a scale, not a token.
-
-What you will see (figures go to --out-dir):
-  1. the block-causal attention mask                                -> 02_block_causal_mask.png
-  2. the input sequence: start token, then the cumulative f̂ downsampled to each next scale
-                                                                     -> 02_sequence_layout.png
-  3. teacher forcing (training: one pass, masked) vs the KV cache (sampling: K passes); same logits
-  4. classifier-free guidance with the official linear ramp t = cfg·k/(K-1)
-                                                                     -> 02_cfg_schedule.png, 02_cfg_samples.png
-
-Shape legend: B batch, K number of scales, k scale index, pn side of scale k's map, l = pn², L = Σ pn², C width,
-Cvae code dimension, V codebook size.
-"""
+# %%
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,23 +34,32 @@ from minvar import generate
 from minvar.io.data import HELD_OUT_SEED_OFFSET, ShapesDataset
 from minvar.var import block_causal_mask
 
-args = common.parse_args(__doc__.split("\n")[0])
+args = common.parse_args("Tutorial 2: next-scale prediction: the block-causal mask, the input sequence, the KV "
+                         "cache and guidance.")
 
-# ------------------------------------------------------------------------------------------------------------------
+# %% [markdown]
+# ## 0. A trained tokenizer and transformer
+#
+# The quickstart's pair if it exists, otherwise a stand-in (tutorials/README.md).
+
+# %%
 common.section("0. A trained tokenizer and transformer")
-# ------------------------------------------------------------------------------------------------------------------
 vae, var, class_names, source = common.get_models(args)
 patch_nums, K, L = var.patch_nums, var.num_scales, var.L
 print(f"VAR: depth {var.config.depth}, width C = {var.config.width}, {var.config.num_heads} heads, "
       f"{sum(p.numel() for p in var.parameters()):,} parameters, {var.num_classes} classes (+1 null class)")
 print(f"scales {patch_nums}: L = {L} tokens; (begin, end) of each scale in the sequence: {var.begin_ends}")
 
-# ------------------------------------------------------------------------------------------------------------------
-common.section("1. The block-causal mask")
-# ------------------------------------------------------------------------------------------------------------------
+# %% [markdown]
+# ## 1. The block-causal mask
+#
 # Row = the query token, column = the key token it may attend to. A token sees every token of its OWN scale (they
 # are predicted together, so there is no order among them) and every token of the coarser scales; nothing finer.
-# The model adds this as an attention bias: 0 where allowed, -inf where not (official var.py:105-112).
+# The model adds this as an attention bias: 0 where allowed, -inf where not (official var.py:105-112). Printed for
+# a small schedule, then drawn for it and for this model's.
+
+# %%
+common.section("1. The block-causal mask")
 small = (1, 2, 3)
 small_mask = block_causal_mask(small)[0, 0]  # (14, 14)
 print(f"for the schedule {small} (L = {sum(p * p for p in small)}), '#' = may attend, '.' = masked:")
@@ -66,18 +81,24 @@ for ax, schedule, matrix in ((axes[0], small, small_mask), (axes[1], patch_nums,
     ax.set_title(f"patch_nums {tuple(schedule)}, L = {ends[-1]}", fontsize=9)
     ax.set_xlabel("key position (attended to)")
     ax.set_ylabel("query position")
-figure.suptitle("Block-causal mask: blue = may attend (own scale and all coarser scales)", fontsize=10)
-common.save_figure(figure, args.out_dir, "02_block_causal_mask.png")
+common.save_figure(figure, args.out_dir, "02_block_causal_mask.png",
+                   title="Block-causal mask: blue = may attend (own scale and all coarser scales)")
 
-# ------------------------------------------------------------------------------------------------------------------
-common.section("2. The input sequence (teacher forcing)")
-# ------------------------------------------------------------------------------------------------------------------
+# %% [markdown]
+# ## 2. The input sequence (teacher forcing)
+#
 # Training feeds the transformer the ground truth of every scale at once:
-#   position 0 (scale 1):  the class embedding + pos_start, the "start token" (there is nothing to look at yet)
-#   scale k >= 2:          word_embed(area_down(f̂_{<k}, pn_k)): the running reconstruction from scales 1..k-1,
-#                          area-downsampled to scale k's size. NOT the previous tokens (docs/official_model.md).
-#   every position:        + a scale ("level") embedding + an absolute position embedding
-# The logits at scale k's positions predict scale k's tokens: input and target line up, no shift as in a GPT.
+#
+# - position 0 (scale 1): the class embedding + `pos_start`, the "start token" (there is nothing to look at yet)
+# - scale k ≥ 2: `word_embed(area_down(f̂_{<k}, pn_k))`: the running reconstruction from scales 1..k-1,
+#   area-downsampled to scale k's size. NOT the previous tokens (docs/official_model.md).
+# - every position: + a scale ("level") embedding + an absolute position embedding
+#
+# The logits at scale k's positions predict scale k's tokens: input and target line up, no shift as in a GPT. The
+# table below rebuilds each scale's input from the tokens (Algorithm 2, then area-downsampling) and compares.
+
+# %%
+common.section("2. The input sequence (teacher forcing)")
 dataset = ShapesDataset(32, vae.config.image_size, seed=args.seed + HELD_OUT_SEED_OFFSET)
 picked = [0, 7]  # red circle, green triangle
 images = torch.stack([dataset[i][0] for i in picked])  # (B, 3, H, W)
@@ -102,9 +123,14 @@ with torch.no_grad():
               f"   (check: max |Δ| = {error:.1e})")
 print("Why f̂ and not the previous tokens? Because at sampling time the model will see exactly this: the image so far.")
 
-# Figure: what the model is given at each scale (the input map, decoded to pixels) and what it must predict.
+# %% [markdown]
+# Figure: what the model is given at each scale (the input map, decoded to pixels) and what it must predict, above
+# the layout of the L positions of the sequence.
+
+# %%
 figure = plt.figure(figsize=(1.7 * K, 4.6))
 grid = figure.add_gridspec(3, K, height_ratios=[1, 1, 0.35])
+pictures = []  # the axes that show pictures, without ticks
 with torch.no_grad():
     for k, pn in enumerate(patch_nums):
         ax_in, ax_out = figure.add_subplot(grid[0, k]), figure.add_subplot(grid[1, k])
@@ -119,9 +145,7 @@ with torch.no_grad():
         ax_in.set_title(f"scale {k + 1} input", fontsize=8)
         ax_out.imshow(idx[k][0].view(pn, pn).numpy() % 20, cmap="tab20", vmin=0, vmax=19)
         ax_out.set_title(f"target {pn}×{pn} tokens", fontsize=8)
-        for ax in (ax_in, ax_out):
-            ax.set_xticks([])
-            ax.set_yticks([])
+        pictures += [ax_in, ax_out]
     ax_bar = figure.add_subplot(grid[2, :])
     colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, K))
     for k, (begin, end) in enumerate(var.begin_ends):
@@ -130,18 +154,23 @@ with torch.no_grad():
     ax_bar.set_xlim(0, L)
     ax_bar.set_yticks([])
     ax_bar.set_xlabel(f"position in the sequence of L = {L} tokens (coloured by scale)")
-figure.suptitle("Teacher forcing: the input of scale k is f̂ of scales 1..k-1 at pn_k×pn_k (decoded here to pixels)",
-                fontsize=9)
-common.save_figure(figure, args.out_dir, "02_sequence_layout.png")
+common.save_figure(figure, args.out_dir, "02_sequence_layout.png", no_ticks=pictures, title_size=9,
+                   title="Teacher forcing: the input of scale k is f̂ of scales 1..k-1 at pn_k×pn_k (decoded here to "
+                         "pixels)")
 
-# ------------------------------------------------------------------------------------------------------------------
+# %% [markdown]
+# ## 3. Teacher forcing vs the KV cache: two ways to compute the same logits
+#
+# - Training: ONE forward pass over all L positions with the block-causal mask (`var.forward`).
+# - Sampling: K passes, one per scale. Pass k embeds only scale k's l = pn² inputs; the keys and values of the
+#   coarser scales come from a cache that every block grows in place. No mask is needed: the cache holds exactly
+#   what the mask would allow.
+#
+# Fed the same ground-truth inputs, both must give the same logits: that is what makes training (teacher forcing)
+# and sampling the same model.
+
+# %%
 common.section("3. Teacher forcing vs the KV cache: two ways to compute the same logits")
-# ------------------------------------------------------------------------------------------------------------------
-# Training: ONE forward pass over all L positions with the block-causal mask (var.forward).
-# Sampling: K passes, one per scale. Pass k embeds only scale k's l = pn² inputs; the keys and values of the coarser
-# scales come from a cache that every block grows in place. No mask is needed: the cache holds exactly what the mask
-# would allow. Fed the same ground-truth inputs, both must give the same logits: that is what makes training
-# (teacher forcing) and sampling the same model.
 var.eval()  # no label dropout, no drop path
 with torch.no_grad():
     logits_teacher = var(label_B, x_BLCv)  # (B, L, V)
@@ -169,19 +198,27 @@ loss = F.cross_entropy(logits_teacher.flatten(0, 1), target_BL.flatten()).item()
 print(f"this model's teacher-forced loss on these two images: {loss:.3f} nats per token (uniform guess: "
       f"ln V = {np.log(var.config.vocab_size):.3f})")
 
-# ------------------------------------------------------------------------------------------------------------------
-common.section("4. Classifier-free guidance with a linear ramp over the scales")
-# ------------------------------------------------------------------------------------------------------------------
-# Training drops the label 10% of the time (it becomes the null class, id num_classes), so the same network also
-# models p(tokens) without a class. At sampling time each scale mixes the two predictions:
-#     logits = (1 + t)·logits(class) - t·logits(null),   t = cfg · k / (K - 1)      (official models/var.py)
+# %% [markdown]
+# ## 4. Classifier-free guidance with a linear ramp over the scales
+#
+# Training drops the label 10% of the time (it becomes the null class, id `num_classes`), so the same network also
+# models p(tokens) without a class. At sampling time each scale mixes the two predictions (official
+# `models/var.py`):
+#
+#     logits = (1 + t)·logits(class) - t·logits(null),   t = cfg · k / (K - 1)
+#
 # The 1×1 scale (k = 0) is unguided, so the global layout stays diverse; the finest scale gets the full strength.
 # The paper's FID setting is cfg = 1.5 (with top-k 900, top-p 0.96); the official demo uses cfg = 4.
+#
+# Guidance sharpens the predicted distributions: the second table is the mean entropy per scale of the
+# teacher-forced predictions, at three strengths.
+
+# %%
+common.section("4. Classifier-free guidance with a linear ramp over the scales")
 print(f"{'scale':>5} {'pn':>3} " + " ".join(f"{'t (cfg=' + str(c) + ')':>12}" for c in (1.5, 4.0)))
 for k, pn in enumerate(patch_nums):
     print(f"{k + 1:>5} {pn:>3} " + " ".join(f"{c * k / (K - 1):>12.2f}" for c in (1.5, 4.0)))
 
-# Guidance sharpens the predicted distributions: mean entropy per scale of the teacher-forced predictions.
 with torch.no_grad():
     logits_null = var(torch.full_like(label_B, var.num_classes), x_BLCv)  # (B, L, V) the unconditional half
 print(f"\nmean entropy (nats) of the predicted token distribution, per scale, on the two images above:")
@@ -196,6 +233,11 @@ for k, (begin, end) in enumerate(var.begin_ends):
 print("t = 0 at scale 1, so its prediction cannot change; at finer scales guidance usually sharpens the prediction")
 print("(lower entropy) towards what makes the class likely, at the price of diversity.")
 
+# %% [markdown]
+# The schedule of t over the scales, for this model and for the official 256px one; then its effect on samples:
+# the same seeds at three guidance strengths.
+
+# %%
 figure, ax = plt.subplots(figsize=(5.5, 3.4))
 for schedule_k, style in ((K, "-"), (10, "--")):
     for c, colour in ((1.5, "tab:blue"), (4.0, "tab:orange")):
@@ -209,7 +251,6 @@ ax.grid(alpha=0.3)
 ax.legend(fontsize=7)
 common.save_figure(figure, args.out_dir, "02_cfg_schedule.png")
 
-# The effect on samples: the same seeds at three guidance strengths.
 classes = [0, 6, 12] if args.fast else list(range(0, min(var.num_classes, 15), 3))
 per_class = 2 if args.fast else 4
 strengths = (0.0, 1.5, 4.0)
@@ -222,8 +263,8 @@ for ax, strength in zip(axes, strengths):
     ax.set_xticks([(i + 0.5) * samples.shape[-1] for i in range(0, len(labels), per_class)],
                   [class_names[c] for c in classes], fontsize=7)
     ax.set_yticks([])
-figure.suptitle("Same seed, three guidance strengths", fontsize=9)
-common.save_figure(figure, args.out_dir, "02_cfg_samples.png")
-if "standin" in source:
-    print("NOTE: a stand-in model trained for a few steps: its samples are not meant to look like anything yet.")
+common.save_figure(figure, args.out_dir, "02_cfg_samples.png", title="Same seed, three guidance strengths",
+                   title_size=9)
+common.note_standin(source, "NOTE: a stand-in model trained for a few steps: its samples are not meant to look like "
+                    "anything yet.")
 print("\nNext: tutorial 03 trains both stages; tutorial 04 uses this sampling loop for zero-shot editing.")

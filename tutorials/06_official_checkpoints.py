@@ -1,20 +1,26 @@
-"""Tutorial 6: the released VAR weights: loading vae_ch160v4096z32.pth and var_d16.pth into minvar, and sampling.
+# %% [markdown]
+# # Tutorial 6: the released VAR weights: loading vae_ch160v4096z32.pth and var_d16.pth into minvar, and sampling
+#
+#     python tutorials/06_official_checkpoints.py                 # looks in checkpoints/ for the two files
+#     python tutorials/06_official_checkpoints.py --vae PATH --var PATH --classes 980,437,22,562
+#     python tutorials/06_official_checkpoints.py --fast          # one image only (if the files are there)
+#
+# Opened as a notebook (Jupyter with jupytext, VS Code, PyCharm) it runs cell by cell, with its flags taken from the
+# environment variable `MINVAR_TUTORIAL_ARGS`, e.g. `"--fast"` (tutorials/README.md).
+#
+# minvar keeps the official parameter and buffer names (`models/vqvae.py`, `models/var.py` of FoundationVision/VAR),
+# so the released state dicts load strictly, with no key renamed or left over, and the architecture is read from the
+# weights themselves: depth = number of blocks, width = size of `pos_start`, heads = size of the attention
+# temperature, scale schedule = the `lvl_1L` buffer, codebook = `quantize.embedding`. This tutorial never downloads
+# anything.
+#
+# 1. if you downloaded the official files: load them, print the parameter counts, and sample a few ImageNet classes
+#    with the paper's FID setting (cfg 1.5, top-k 900, top-p 0.96) → `06_official_samples.png`
+# 2. if not: where to get them, and the same loading path on the small official-layout weights of
+#    `../shared/fixtures/official_var_tiny` (random weights run through the OFFICIAL code), with a parity check
+#    against what the official code sampled → `06_official_layout_samples.png`
 
-    python tutorials/06_official_checkpoints.py                 # looks in checkpoints/ for the two files
-    python tutorials/06_official_checkpoints.py --vae PATH --var PATH --classes 980,437,22,562
-    python tutorials/06_official_checkpoints.py --fast          # one image only (if the files are there)
-
-minvar keeps the official parameter and buffer names (models/vqvae.py, models/var.py of FoundationVision/VAR), so
-the released state dicts load strictly, with no key renamed or left over, and the architecture is read from the
-weights themselves: depth = number of blocks, width = size of pos_start, heads = size of the attention temperature,
-scale schedule = the lvl_1L buffer, codebook = quantize.embedding. This tutorial never downloads anything.
-
-  1. if you downloaded the official files: load them, print the parameter counts, and sample a few ImageNet classes
-     with the paper's FID setting (cfg 1.5, top-k 900, top-p 0.96)                    -> 06_official_samples.png
-  2. if not: where to get them, and the same loading path on the small official-layout weights of
-     ../shared/fixtures/official_var_tiny (random weights run through the OFFICIAL code), with a parity check
-     against what the official code sampled                                          -> 06_official_layout_samples.png
-"""
+# %%
 import json
 import os
 from pathlib import Path
@@ -44,7 +50,8 @@ def extra_flags(parser):
                         help="small official-layout weights and outputs of the official code")
 
 
-args = common.parse_args(__doc__.split("\n")[0], extra_flags)
+args = common.parse_args("Tutorial 6: the released VAR weights: loading vae_ch160v4096z32.pth and var_d16.pth into "
+                         "minvar, and sampling.", extra_flags)
 
 
 def count(model) -> int:
@@ -61,13 +68,17 @@ def show_images(rows, titles, path_name, suptitle):
             if c < len(row):
                 axes[r, c].imshow(row[c].clamp(0, 1).permute(1, 2, 0).numpy())
         axes[r, 0].set_title(title, fontsize=8, loc="left")
-    figure.suptitle(suptitle, fontsize=9)
-    common.save_figure(figure, args.out_dir, path_name)
+    common.save_figure(figure, args.out_dir, path_name, title=suptitle, title_size=9)
 
 
-# ------------------------------------------------------------------------------------------------------------------
+# %% [markdown]
+# ## 1. The released checkpoints
+#
+# With the two files at `--vae` and `--var` (by default in `checkpoints/`): load them, count the parameters, sample,
+# and stop there (in a notebook the `SystemExit` just ends the run). Without them: where to get them, then section 2.
+
+# %%
 common.section("1. The released checkpoints")
-# ------------------------------------------------------------------------------------------------------------------
 if os.path.isfile(args.vae) and os.path.isfile(args.var):
     vae = load_official_vqvae(args.vae)  # frozen, eval mode, as the official test_mode=True
     var = load_official_var(args.var, vae=vae)  # checks that the two fit (codebook, scale schedule)
@@ -98,16 +109,20 @@ and run this tutorial again, or let minvar fetch and check them into its cache f
     python sample.py --pretrained d16 --classes 980,437 --per-class 4
 (This tutorial never downloads anything itself.)""")
 
-# ------------------------------------------------------------------------------------------------------------------
+# %% [markdown]
+# ## 2. The same loading path on small official-layout weights
+#
+# The files of `--fixture-dir` were written by the official code (FoundationVision/VAR @ 78b95394) with seeded
+# RANDOM weights: the released architecture and key names, narrower (VAE ch=32 instead of 160; VAR depth 2, width
+# 128), plus what the official code computed with them. Random weights make noise images, but every number must
+# match.
+
+# %%
 common.section("2. The same loading path on small official-layout weights")
-# ------------------------------------------------------------------------------------------------------------------
 fixture = Path(args.fixture_dir)
 if not (fixture / "vae_state_dict.pt").is_file():
     print(f"{fixture} not found: nothing more to show (it ships beside minvar's checkout, in ../shared).")
     raise SystemExit(0)
-# These files were written by the official code (FoundationVision/VAR @ 78b95394) with seeded RANDOM weights: the
-# released architecture and key names, narrower (VAE ch=32 instead of 160; VAR depth 2, width 128), plus what the
-# official code computed with them. Random weights make noise images, but every number must match.
 config = json.loads((fixture / "config.json").read_text())
 vae = load_official_vqvae(fixture / "vae_state_dict.pt")
 var = load_official_var(fixture / "var_state_dict.pt", vae=vae)
@@ -123,7 +138,11 @@ for key in ("class_emb.weight", "pos_1LC", "blocks.0.attn.mat_qkv.weight", "bloc
             "blocks.0.ada_lin.1.weight", "head.weight", "lvl_1L", "attn_bias_for_masking"):
     print(f"    {key:<32} {tuple(state[key].shape)}")
 
-# Parity: the official code sampled with these weights; minvar's generate() must give the same tokens and images.
+# %% [markdown]
+# Parity: the official code sampled with these weights, greedily at cfg 4 and with the paper's FID setting; minvar's
+# `generate()` must give the same tokens and images from the same seeds.
+
+# %%
 reference = torch.load(fixture / "var_samples.pt", map_location="cpu", weights_only=True)["runs"]
 rows, titles = [], []
 for run, settings in (("greedy_cfg4", dict(cfg=4.0, top_k=1, top_p=0.0)),

@@ -8,11 +8,17 @@ Models come from, in this order:
   2. otherwise a small *stand-in* run that the tutorial trains itself with the same two scripts and very few steps,
      kept in `<out-dir>/standin_fast/` or `<out-dir>/standin_full/` and reused by the next tutorial.
 A stand-in shows the mechanics, not good pictures: its tokenizer has seen a few hundred images at most.
+
+Flags: from the command line when a tutorial runs as a script. Inside a Jupyter kernel (a tutorial opened as a
+notebook in Jupyter, VS Code or PyCharm) `sys.argv` holds the kernel's own arguments (`-f .../kernel.json`), so the
+flags are read from the environment variable MINVAR_TUTORIAL_ARGS instead (split as a shell would, empty by default),
+e.g. `MINVAR_TUTORIAL_ARGS="--fast --seed 1"`. In a kernel, figures are also shown in the notebook as they are saved.
 """
 import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -23,18 +29,30 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import matplotlib
-
-matplotlib.use("Agg")  # write PNG files, never open a window (works on servers and in tests)
 import torch
 
 from minvar.io.checkpoint import load_tokenizer, load_var, read_file
 
 # Stand-in runs: (tokenizer steps, VAR steps, batch size), far fewer than the quickstart's defaults (scripts' --help).
 STANDIN_RECIPES = {"fast": (8, 8, 4), "full": (150, 150, 16)}
+# Where a tutorial run as a notebook reads its flags (sys.argv belongs to the kernel there).
+ARGS_VARIABLE = "MINVAR_TUTORIAL_ARGS"
+
+
+def in_notebook_kernel() -> bool:
+    """True when the tutorial runs inside a Jupyter kernel (Jupyter, VS Code or PyCharm notebooks)."""
+    return "ipykernel" in sys.modules
+
+
+if not in_notebook_kernel():
+    matplotlib.use("Agg")  # write PNG files, never open a window (works on servers and in tests)
 
 
 def parse_args(description: str, extra=None, argv=None):
-    """The flags every tutorial shares, plus the tutorial's own (`extra(parser)` adds them)."""
+    """The flags every tutorial shares, plus the tutorial's own (`extra(parser)` adds them).
+
+    `argv=None` reads the command line, or MINVAR_TUTORIAL_ARGS inside a notebook kernel (module docstring).
+    """
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--fast", action="store_true", help="tiny settings that run in seconds (used by the tests)")
@@ -47,6 +65,8 @@ def parse_args(description: str, extra=None, argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of everything random in the tutorial")
     if extra is not None:
         extra(parser)
+    if argv is None and in_notebook_kernel():
+        argv = shlex.split(os.environ.get(ARGS_VARIABLE, ""))  # not sys.argv: the kernel's `-f kernel.json`
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -60,14 +80,31 @@ def section(title: str) -> None:
     print(f"\n{'=' * 100}\n{title}\n{'=' * 100}")
 
 
-def save_figure(figure, out_dir: str, name: str) -> str:
-    """Save a matplotlib figure as PNG, close it, and say where it went."""
+def save_figure(figure, out_dir: str, name: str, title: str = None, title_size: float = 10, no_ticks=()) -> str:
+    """Finish a matplotlib figure and save it as PNG: hide the ticks of the `no_ticks` axes (pictures have no axis
+    numbers worth reading), set `title` as the figure's title, save, show it when in a notebook, close it, and say
+    where it went."""
     import matplotlib.pyplot as plt
+    for ax in no_ticks:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title is not None:
+        figure.suptitle(title, fontsize=title_size)
     path = os.path.join(out_dir, name)
     figure.savefig(path, dpi=110, bbox_inches="tight")
+    if "inline" in matplotlib.get_backend():  # a notebook's inline backend: show it below the cell
+        from IPython.display import display
+        display(figure)
     plt.close(figure)
     print(f"[figure] {path}")
     return path
+
+
+def note_standin(source: str, message: str) -> None:
+    """Print `message` only when the models came from a stand-in run (`source` is their path, see get_models):
+    a few training steps make blurry blobs, and the reader should know that is expected."""
+    if "standin" in source:
+        print(message)
 
 
 # ----------------------------------------------------------------------------------------------------------------
