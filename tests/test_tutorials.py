@@ -128,13 +128,15 @@ def script_run_02(out_dir):
 
 @pytest.mark.slow
 def test_02_next_scale_prediction_kv_cache_matches_teacher_forcing(out_dir, script_run_02):
-    """02's teacher-forced logits and KV-cached logits agree (the printed difference is below 1e-4)."""
+    """02's teacher-forced logits and KV-cached logits agree (the printed difference is below 1e-4), and the last
+    column of its coarse-to-fine figure (f̂ after the finest scale, decoded) is exactly generate()'s sample."""
     stdout = script_run_02
     assert_png_files(out_dir, ["02_block_causal_mask.png", "02_sequence_layout.png", "02_cfg_schedule.png",
-                               "02_cfg_samples.png"])
+                               "02_cfg_samples.png", "02_coarse_to_fine.png"])
     match = re.search(r"teacher-forcing vs KV-cache max abs logit difference: ([-+0-9.e]+)", stdout)
     assert match, "02 did not print the teacher-forcing vs KV-cache difference"
     assert float(match.group(1)) < 1e-4
+    assert "the same image as generate() with this seed: True" in stdout
 
 
 # What a notebook kernel does with a tutorial, written out: its own `-f kernel.json` in sys.argv, `ipykernel` imported,
@@ -174,7 +176,7 @@ def test_02_runs_as_a_notebook_cell_by_cell_with_the_scripts_results(out_dir, sc
     assert story(result.stdout, notebook_dir) == story(script_run_02, out_dir)
     figures = sorted(path.name for path in notebook_dir.glob("02_*.png"))
     assert figures == ["02_block_causal_mask.png", "02_cfg_samples.png", "02_cfg_schedule.png",
-                       "02_sequence_layout.png"]
+                       "02_coarse_to_fine.png", "02_sequence_layout.png"]
     for name in figures:
         with Image.open(notebook_dir / name) as notebook, Image.open(out_dir / name) as script:
             assert np.array_equal(np.asarray(notebook), np.asarray(script)), f"{name} differs from the script's"

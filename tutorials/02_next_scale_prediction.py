@@ -31,6 +31,7 @@ import common  # flags, threads, and the trained models (tutorials/common.py)
 import matplotlib.pyplot as plt
 
 from minvar import generate
+from minvar.sampling import make_generator, sample_scales
 from minvar.io.data import HELD_OUT_SEED_OFFSET, ShapesDataset
 from minvar.var import block_causal_mask
 
@@ -265,6 +266,35 @@ for ax, strength in zip(axes, strengths):
     ax.set_yticks([])
 common.save_figure(figure, args.out_dir, "02_cfg_samples.png", title="Same seed, three guidance strengths",
                    title_size=9)
+
+# %% [markdown]
+# ## 5. Coarse to fine: what each scale adds
+#
+# One generation is K transformer calls, and after each the sampled tokens are added into the running f̂. Decoding
+# f̂ after every scale shows the image the model has committed to so far: the 1×1 scale fixes the colour of the
+# whole picture, the next few the layout, and the finest ones the edges. The README's picture is this figure, made
+# from the quickstart's models.
+
+# %%
+common.section("5. Coarse to fine: what each scale adds")
+rows = classes  # one row per class of the guidance figure
+generator = make_generator(args.seed, "cpu")
+with torch.no_grad():
+    _, _, f_hats = sample_scales(var, vae, torch.tensor(rows), cfg=3.0, top_k=0, top_p=0.8, generator=generator)
+    stages = [vae.fhat_to_img(f_hat).add(1).mul(0.5) for f_hat in f_hats]  # K × (B, 3, H, W) in [0, 1]
+figure, axes = plt.subplots(len(rows), K, figsize=(1.1 * K, 1.15 * len(rows)), squeeze=False)
+for k, images in enumerate(stages):
+    for row, image in enumerate(images):
+        axes[row, k].imshow(image.permute(1, 2, 0).numpy())
+    pn = var.patch_nums[k]
+    axes[0, k].set_title(f"+{pn}×{pn}" if k else "1×1", fontsize=8)
+for row, c in enumerate(rows):
+    axes[row, 0].set_ylabel(class_names[c], fontsize=7)
+common.save_figure(figure, args.out_dir, "02_coarse_to_fine.png", no_ticks=axes.flat,
+                   title="Decoded f̂ after each scale: the image is committed to coarse to fine", title_size=9)
+same = torch.equal(stages[-1], generate(var, vae, rows, cfg=3.0, top_k=0, top_p=0.8, seed=args.seed))
+print(f"Each column adds one scale's tokens to f̂; the last column is the finished sample (the same image as "
+      f"generate() with this seed: {same}).")
 common.note_standin(source, "NOTE: a stand-in model trained for a few steps: its samples are not meant to look like "
                     "anything yet.")
 print("\nNext: tutorial 03 trains both stages; tutorial 04 uses this sampling loop for zero-shot editing.")
