@@ -271,9 +271,10 @@ common.save_figure(figure, args.out_dir, "02_cfg_samples.png", title="Same seed,
 # ## 5. Coarse to fine: what each scale adds
 #
 # One generation is K transformer calls, and after each the sampled tokens are added into the running f̂. Decoding
-# f̂ after every scale shows the image the model has committed to so far: the 1×1 scale fixes the colour of the
-# whole picture, the next few the layout, and the finest ones the edges. The README's picture is this figure, made
-# from the quickstart's models.
+# f̂ after every scale shows the image the model has committed to so far: the coarse scales set the background and a
+# rough blob (the 1×1 scale is unguided, so it need not show the class yet), the middle ones the colour and the
+# outline of the shape, and the finest ones sharpen its edges. The README's picture is this figure, made from the
+# quickstart's models (`--runs-dir` pointing at them).
 
 # %%
 common.section("5. Coarse to fine: what each scale adds")
