@@ -335,6 +335,7 @@ def train(args, run, started: float, argv) -> int:
     bar = progress_bar(loader, start_step, args.steps, distributed, "tokenizer")
     clock = SaveClock(args.save_minutes)
     stopped = False
+    run.stops.begin_steps()
     for step, (images, _) in enumerate(bar, start=start_step):
         if step >= args.steps:
             break

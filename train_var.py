@@ -363,6 +363,7 @@ def train(args, run, started: float, argv) -> int:
     bar = progress_bar(loader, start_step, plan.steps, distributed, "VAR")
     clock = SaveClock(args.save_minutes)
     stopped = False
+    run.stops.begin_steps()
     var.train()
     for step, (inputs, labels) in enumerate(bar, start=start_step):
         if step >= plan.steps:

@@ -30,6 +30,8 @@ import sample  # noqa: E402
 import train_tokenizer  # noqa: E402
 import train_var  # noqa: E402
 from minvar.io import checkpoint as checkpoint_module  # noqa: E402
+from minvar.training.distributed import Distributed  # noqa: E402
+from minvar.training.stops import STOP_SIGNALS, StopSignals  # noqa: E402
 from test_scripts import TOKENIZER_ARGS, VAR_ARGS  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -142,6 +144,30 @@ def exit_message(function, argv) -> str:
 
 # ------------------------------------------------------------------------------------------------------------------
 # 1-2. clean stops, saves by the clock, exact resume
+def test_stop_signals_note_the_first_stop_and_a_second_ctrl_c_exits_at_once():
+    """Once the steps have begun, a signal only sets the flag the training loop reads after its step (SIGUSR1 too,
+    and a repeated SIGUSR1 changes nothing); a second Ctrl-C ends the process at once with SystemExit(130), which
+    prints no traceback, and so does a first signal before the steps begin (nothing to finish or save). Afterwards
+    the handlers that were there before are back (Ctrl-C is a KeyboardInterrupt again)."""
+    before = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    with StopSignals(Distributed(), "runs/x") as stops, pytest.raises(SystemExit) as exit_info:
+        os.kill(os.getpid(), signal.SIGTERM)  # before the first step: nothing to finish, so at once
+        time.sleep(1)
+    assert exit_info.value.code == 143 and stops.received is None
+    with StopSignals(Distributed(), "runs/x") as stops:
+        stops.begin_steps()
+        assert stops.after_step(False, torch.device("cpu")) == (False, False)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stops.received == signal.SIGUSR1 and stops.after_step(True, torch.device("cpu")) == (True, True)
+        with pytest.raises(SystemExit) as exit_info:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs between two bytecodes of the main thread; it never gets this far
+        assert exit_info.value.code == 130
+    assert {number: signal.getsignal(number) for number in STOP_SIGNALS} == before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_var_stops_on_sigint_and_sigterm_survives_sigkill_and_resumes_bit_for_bit(tokenizer_path, tmp_path,
                                                                                  no_sample_grid):
     """train_var.py: Ctrl-C (SIGINT) and SIGTERM each stop the run after the step it is in, with exit status 128 +
@@ -171,7 +197,7 @@ def test_var_stops_on_sigint_and_sigterm_survives_sigkill_and_resumes_bit_for_bi
     wait_until(lambda: load(out / "checkpoint.pt")["step"] > second, process, tmp_path / "sigkill.txt",
                "checkpoint saved by the clock")
     process.kill()
-    process.wait(timeout=300)
+    assert process.wait(timeout=300) == -signal.SIGKILL  # killed mid-run, not finished
     assert load(out / "checkpoint.pt")["step"] > second
     assert train_var.main(["--out-dir", str(out), *flags, "--resume", "--save-minutes", "10"]) == 0  # no stale lock
 
@@ -185,7 +211,7 @@ def test_tokenizer_stops_on_sigint_and_sigterm_and_resumes_bit_for_bit(tmp_path)
     traceback, the checkpoint of that step, one line naming --resume), and the twice-stopped run, resumed, ends with
     an uninterrupted run's weights (codebook-usage EMA included), optimizer state and dead-code restart generator,
     bit for bit."""
-    flags = ["--steps", "40", *TOKENIZER_ARGS, *EXACT]
+    flags = ["--steps", "24", *TOKENIZER_ARGS, *EXACT]
     out = tmp_path / "stopped"
     command = [sys.executable, "train_tokenizer.py", "--out-dir", str(out), *flags]
     process = start_and_wait_for_a_step(command, out, tmp_path / "sigint.txt")
@@ -194,7 +220,7 @@ def test_tokenizer_stops_on_sigint_and_sigterm_and_resumes_bit_for_bit(tmp_path)
     command += ["--resume"]
     process = start_and_wait_for_a_step(command, out, tmp_path / "sigterm.txt")
     text = stop(process, signal.SIGTERM, tmp_path / "sigterm.txt")
-    assert first < check_clean_stop(process.returncode, text, signal.SIGTERM, out, command) < 40
+    assert first < check_clean_stop(process.returncode, text, signal.SIGTERM, out, command) < 24
 
     assert train_tokenizer.main(["--out-dir", str(out), *flags, "--resume"]) == 0
     train_tokenizer.main(["--out-dir", str(tmp_path / "straight"), *flags])
@@ -300,6 +326,17 @@ def test_truncated_token_cache_is_rebuilt_with_a_one_line_warning(finished_var, 
     warnings = [line for line in capsys.readouterr().out.splitlines() if "unreadable" in line]
     assert len(warnings) == 1 and str(cache) in warnings[0] and "rebuilding" in warnings[0], warnings
     assert load(cache)["kind"] == "minvar-token-cache" and load(run / "checkpoint.pt")["step"] == 5
+
+
+def test_truncated_checkpoint_on_resume_is_an_error_in_words(finished_var, tmp_path):
+    """A checkpoint cut short outside minvar (minvar's own writes are atomic) cannot be rebuilt: --resume ends with
+    one message naming the file and asking whether it is complete, not a torch.load traceback."""
+    folder, flags = finished_var
+    run = copy_of(folder, tmp_path)
+    checkpoint = run / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:4096])
+    message = exit_message(train_var.main, ["--out-dir", str(run), *flags, "--resume"])
+    assert str(checkpoint) in message and "is the file complete" in message, message
 
 
 def test_failed_save_keeps_the_previous_checkpoint_and_says_why(tokenizer_path, tmp_path, monkeypatch,

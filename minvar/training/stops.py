@@ -5,7 +5,9 @@ SIGUSR1 (what a cluster sends before a time limit, e.g. SLURM's `--signal`) do n
 notes the request, the training loop asks `after_step` once per step, and the script finishes the step it is in,
 writes its checkpoint, prints one line with the step reached and the command that continues the run, and exits with
 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM), the shell's convention. A second Ctrl-C or SIGTERM stops
-at once, without saving and without a traceback; the checkpoint already in the folder is kept.
+at once, without saving and without a traceback; the checkpoint already in the folder is kept. Before the first
+step (loading data, building a token cache) there is no step to finish and nothing new to save, so a signal ends the
+script at once.
 
 Under `torchrun` every process must stop after the same step (a process that stopped alone would leave the others
 waiting in DDP's next gradient all-reduce), but each receives its signal at its own moment. So `after_step` reduces
@@ -49,6 +51,7 @@ class StopSignals:
         self.distributed = distributed
         self.folder = folder  # named when a second signal stops the run at once
         self.received: Optional[int] = None  # the first stop signal's number (any process's, once shared)
+        self.stepping = False  # whether the training steps have begun (`begin_steps`)
         self.previous = {}
 
     def __enter__(self) -> "StopSignals":
@@ -62,16 +65,26 @@ class StopSignals:
             signal.signal(number, handler)
         self.previous.clear()
 
+    def begin_steps(self) -> None:
+        """Call just before the training loop: from now on a stop waits for the step in progress."""
+        self.stepping = True
+
     def handle(self, number: int, frame) -> None:
-        if self.received is None:
+        name = signal.Signals(number).name
+        if self.received is None and self.stepping:
             self.received = number  # the loop sees it after the step it is in
             return
+        if self.received is None:
+            self.stop_now(f"{name} before the first training step: stopped, with nothing new to save", number)
         if self.distributed.world_size > 1 or number == getattr(signal, "SIGUSR1", None):
             return  # a forwarded copy under torchrun, or a scheduler's repeated warning: the same request
+        self.stop_now(f"{name} again: stopped at once without saving; {self.folder} keeps its last checkpoint", number)
+
+    @staticmethod
+    def stop_now(message: str, number: int) -> None:
         # os.write, not print: the handler may interrupt a print (tqdm's bar writes to stderr all the time), and a
         # print inside a print of the same stream raises "reentrant call"
-        os.write(2, f"\n{signal.Signals(number).name} again: stopped at once without saving; {self.folder} keeps "
-                    f"its last checkpoint\n".encode())
+        os.write(2, f"\n{message}\n".encode())
         raise SystemExit(128 + number)  # SystemExit prints no traceback; atomic_save removes its temporary file
 
     def after_step(self, save_by_time: bool, device: torch.device) -> tuple:
