@@ -65,8 +65,9 @@ def logged_steps(out_dir) -> list:
 def launch(command: list, output):
     """A script in a subprocess from the repository root, its output (tqdm included) into a file, not a pipe (a
     full pipe would block it)."""
-    return subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=open(output, "w"), stderr=subprocess.STDOUT)
+    with open(output, "w") as file:  # the child has its own copy of the file
+        return subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=file,
+                                stderr=subprocess.STDOUT)
 
 
 def wait_until(condition, process, output, what: str, seconds: float = 300) -> None:
@@ -127,7 +128,9 @@ def finished_var(tokenizer_path, tmp_path_factory):
     """A finished 4-step VAR run: (its folder, the flags it ran with). Tests that change it work on a copy."""
     out = tmp_path_factory.mktemp("finished") / "var"
     flags = ["--tokenizer", str(tokenizer_path), *VAR_ARGS, "--steps", "4", *EXACT]
-    train_var.main(["--out-dir", str(out), *flags])
+    with pytest.MonkeyPatch.context() as patch:  # no end-of-run sample grid (seconds on a small CPU)
+        patch.setattr(train_var, "sample_grid", lambda *args, **kwargs: None)
+        train_var.main(["--out-dir", str(out), *flags])
     return out, flags
 
 

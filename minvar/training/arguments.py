@@ -50,6 +50,9 @@ def non_negative_float(text: str) -> float:
 # and saves, and the machine it runs on. Any other flag given with --resume must match the checkpoint.
 MAY_CHANGE_ON_RESUME = ("steps", "log_every", "save_every", "save_minutes", "device", "precision", "threads",
                         "workers")
+# The machine's flags: a resumed run takes them from its own command line (or their defaults), never from the
+# checkpoint, which may come from another machine. They change how fast a step runs, not which steps run.
+MACHINE_FLAGS = ("device", "precision", "threads", "workers", "compile")
 
 
 def add_common_arguments(parser, out_dir: str, image_size, image_size_help: str, may_change) -> None:
@@ -58,9 +61,10 @@ def add_common_arguments(parser, out_dir: str, image_size, image_size_help: str,
     `may_change`: the dests of the flags a resumed run may change, listed in --resume's help.
     """
     parser.add_argument("--out-dir", default=out_dir, help="run folder: log.txt, checkpoint.pt, image grids")
+    machine = ", ".join("--" + name for name in MACHINE_FLAGS if name in may_change)
     parser.add_argument("--resume", action="store_true", help="continue from <out-dir>/checkpoint.pt exactly. "
-                        "Flags left out take the checkpoint's values (--device, --precision, --threads and "
-                        "--workers: this machine's); of the flags given, only "
+                        f"Flags left out take the checkpoint's values ({machine}: this machine's); of the flags "
+                        "given, only "
                         f"{', '.join('--' + name.replace('_', '-') for name in may_change)} may differ from the "
                         "checkpoint's (each change is logged), any other is an error")
     parser.add_argument("--move-old-run", action="store_true", help="if <out-dir> holds a run, move it aside to a new "

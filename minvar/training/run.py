@@ -24,14 +24,12 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from minvar.io.checkpoint import CheckpointError, load_checkpoint
+from minvar.training.arguments import MACHINE_FLAGS
 from minvar.training.distributed import Distributed, resolve_device, setup_distributed
 from minvar.training.precision import resolve_precision, set_threads
 from minvar.training.stops import StopSignals
 
 LOCK_FILE = "run.lock"
-# The machine's flags: a resumed run takes them from its own command line (or their defaults), never from the
-# checkpoint, which may come from another machine. Changing them changes how fast a step runs, not which steps run.
-MACHINE_FLAGS = ("device", "precision", "threads", "workers", "compile")
 # Where the run is and how it starts: never compared with the checkpoint.
 NOT_COMPARED = ("out_dir", "resume", "move_old_run")
 # Files named by path: the same file may be given as a relative or an absolute path.
