@@ -130,7 +130,7 @@ def claim_folder_everywhere(args, distributed: Distributed):
         dist.broadcast_object_list(shared, src=0)
         message = shared[0]
     if message is not None:
-        raise SystemExit(message)
+        raise SystemExit(message if distributed.is_main else 1)  # said once; the other processes only exit
     return lock
 
 
