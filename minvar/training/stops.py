@@ -70,6 +70,7 @@ class StopSignals:
         self.stepping = True
 
     def handle(self, number: int, frame) -> None:
+        """The signal handler: note the first stop once steps run; end at once before them, or on a second one."""
         name = signal.Signals(number).name
         if self.received is None and self.stepping:
             self.received = number  # the loop sees it after the step it is in
