@@ -325,9 +325,20 @@ def write_report(report: dict, out: str) -> None:
     print(f"wrote {out}")
 
 
-def main(argv=None):
-    # 1. what is measured: sample.py's samples, the VAR run whose sampling settings are swept, or the tokenizer alone
+def main(argv=None) -> int:
+    """Evaluate; returns the exit status: 0, or 130 after a Ctrl-C (one line, no traceback)."""
     args = parse_args(argv)
+    try:
+        measure_and_report(args)
+    except KeyboardInterrupt:
+        print(f"\nevaluate.py: stopped by Ctrl-C before the report was written; kept: the judge {args.judge} if its "
+              f"training had finished, and the sweep rows printed above")
+        return 130
+    return 0
+
+
+def measure_and_report(args) -> None:
+    # 1. what is measured: sample.py's samples, the VAR run whose sampling settings are swept, or the tokenizer alone
     var = vae = None
     if args.tokenizer_only:
         vae = ceiling_tokenizer(args)

@@ -131,8 +131,28 @@ def parse_classes(text: str, class_names) -> list:
     return classes
 
 
-def main(argv=None):
+def save_pngs(out_dir: str, images, labels, class_names, first: int, written: list) -> None:
+    """One PNG per sample, `images/<index>_<class>.png`, numbered from `first`; their paths are added to `written`."""
+    for i, (picture, label) in enumerate(zip(to_uint8_images(images.cpu() * 2 - 1), labels), start=first):
+        name = class_names[label].replace(" ", "_") if label < len(class_names) else "unconditional"
+        written.append(os.path.join(out_dir, "images", f"{i:05d}_{name}.png"))
+        Image.fromarray(picture).save(written[-1])
+
+
+def main(argv=None) -> int:
+    """Sample (or edit); returns the exit status: 0, or 130 after a Ctrl-C, which keeps the samples written so far."""
     args = parse_args(argv)
+    written = []  # the PNG files written so far
+    try:
+        sample(args, written)
+    except KeyboardInterrupt:
+        print(f"\nsample.py: stopped by Ctrl-C; kept the {len(written)} samples written to "
+              f"{os.path.join(args.out_dir, 'images')} (grid.png and samples.npz are written only at the end)")
+        return 130
+    return 0
+
+
+def sample(args, written: list) -> None:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     set_threads(args.threads)
@@ -162,6 +182,7 @@ def main(argv=None):
         masked = image * torch.nn.functional.interpolate(keep[None, None], size=(size, size)).to(device)
         grid = torch.cat([image, masked, images * 2 - 1])
         save_image_grid(grid, os.path.join(args.out_dir, "grid.png"), nrow=min(len(grid), 10))
+        save_pngs(args.out_dir, images, labels, class_names, 0, written)
     else:  # --------------------------------------------------------------------------------- class-conditional
         labels = [c for c in classes for _ in range(args.per_class)]
         chunks = []
@@ -171,15 +192,13 @@ def main(argv=None):
             with autocast(device, bf16):
                 chunks.append(generate(var, vae, batch, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
                                        seed=args.seed + start, more_smooth=args.more_smooth).float().cpu())
+            save_pngs(args.out_dir, chunks[-1], batch, class_names, start, written)  # kept if a later batch is stopped
         images = torch.cat(chunks)
         grid_rows = [images[i * args.per_class:i * args.per_class + min(args.per_class, 10)]
                      for i in range(min(len(classes), 16))]
         save_image_grid(torch.cat(grid_rows) * 2 - 1, os.path.join(args.out_dir, "grid.png"),
                         nrow=min(args.per_class, 10))
     pixels = to_uint8_images(images.cpu() * 2 - 1)  # (N, H, W, 3) uint8
-    for i, (picture, label) in enumerate(zip(pixels, labels)):
-        name = class_names[label].replace(" ", "_") if label < len(class_names) else "unconditional"
-        Image.fromarray(picture).save(os.path.join(args.out_dir, "images", f"{i:05d}_{name}.png"))
     np.savez(os.path.join(args.out_dir, "samples.npz"), arr_0=pixels, labels=np.asarray(labels, dtype=np.int64))
     print(f"wrote {len(pixels)} samples to {args.out_dir} (grid.png, images/, samples.npz)")
 

@@ -27,21 +27,27 @@ from minvar.io.checkpoint import CheckpointError, config_from_dict, save_checkpo
 from minvar.io.data import DataError, build_dataset, save_image_grid
 from minvar.evaluation.flops import mfu_text, peak_flops, vqvae_training_flops
 from minvar.evaluation.metrics import codebook_usage, psnr
-from minvar.training.arguments import (add_common_arguments, non_negative_float, non_negative_int, positive_float,
-                                       positive_int, probability)
+from minvar.training.arguments import (MAY_CHANGE_ON_RESUME, add_common_arguments, given_flags, non_negative_float,
+                                       non_negative_int, positive_float, positive_int, probability)
 from minvar.training.data_order import make_loader
 from minvar.training.distributed import all_reduce_mean, end_distributed, unwrap, wrap_ddp
 from minvar.training.precision import autocast
-from minvar.training.run import RunLog, is_due, progress_bar, start_run
+from minvar.training.run import RunLog, is_due, open_run, progress_bar, save_or_exit
 from minvar.training.schedule import TimeBudget, cosine_lr_at
+from minvar.training.stops import SaveClock
 from minvar.vqvae import VQVAE, VQVAE_PRESETS, VQVAEConfig
 
 
-def parse_args(argv=None):
+# The flags a resumed run may change: the trainers' shared ones (minvar/training/arguments.py) and the interval of
+# the reconstruction grids (they do not touch training).
+TOKENIZER_MAY_CHANGE_ON_RESUME = MAY_CHANGE_ON_RESUME + ("grid_every",)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # run and data
-    add_common_arguments(parser, "runs/tokenizer", 32, "training resolution (square)")
+    add_common_arguments(parser, "runs/tokenizer", 32, "training resolution (square)", TOKENIZER_MAY_CHANGE_ON_RESUME)
     # model
     parser.add_argument("--preset", default="tiny", choices=sorted(VQVAE_PRESETS), help="tokenizer architecture")
     parser.add_argument("--vocab-size", type=positive_int, default=None, help="override the preset's codebook size")
@@ -79,7 +85,11 @@ def parse_args(argv=None):
                              "coarse-scale codes; docs/results.md, Tokenizer: better on average, not on every seed)")
     parser.add_argument("--grid-every", type=non_negative_int, default=500, help="steps between reconstruction grids "
                         "(0: only at the end)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def build_config(args) -> VQVAEConfig:
@@ -145,7 +155,7 @@ def build_optimizers(args, vae, discriminator):
     return optimizer, disc_optimizer
 
 
-def restore(args, resumed, vae, optimizer, discriminator, disc_optimizer, log: RunLog) -> int:
+def restore(resumed, vae, optimizer, discriminator, disc_optimizer, log: RunLog) -> int:
     """Load a resumed run's weights and optimizers; returns the step to start from (0: a new run)."""
     if resumed is None:
         return 0
@@ -155,8 +165,6 @@ def restore(args, resumed, vae, optimizer, discriminator, disc_optimizer, log: R
         discriminator.load_state_dict(resumed["discriminator"])
         disc_optimizer.load_state_dict(resumed["disc_optimizer"])
     log.write(f"resumed from step {resumed['step']}")
-    if (resumed.get("args") or {}).get("minutes"):  # the total that --minutes chose; never re-measured
-        args.steps = resumed["total_steps"]
     return resumed["step"]
 
 
@@ -271,17 +279,29 @@ def finish(args, vae, held_out_images, checkpoint_path: str) -> None:
           f"{metrics['usage_per_scale']}; checkpoint {checkpoint_path}")
 
 
-def main(argv=None):
-    # 1. config: device, precision, the run to resume, the architecture ------------------------------------------
+def main(argv=None) -> int:
+    """Train the tokenizer; returns the exit status: 0, or 128 + the signal that stopped the run early (130: Ctrl-C)."""
     started = time.perf_counter()  # a --minutes budget counts from here
-    args = parse_args(argv)
-    distributed, device, checkpoint_path, resumed = start_run(args, "minvar-tokenizer")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # the run folder is locked and the stop signals caught until the run ends, however it ends
+    with open_run(args, "minvar-tokenizer", given_flags(parser, argv), TOKENIZER_MAY_CHANGE_ON_RESUME) as run:
+        return train(args, run, started, argv)
+
+
+def train(args, run, started: float, argv) -> int:
+    # 1. config: device, precision, the run to resume, the architecture ------------------------------------------
+    distributed, device, checkpoint_path, resumed = run.distributed, run.device, run.checkpoint_path, run.resumed
     try:
         config = config_from_dict(VQVAEConfig, resumed["config"]) if resumed else build_config(args)
     except CheckpointError as error:
         raise SystemExit(f"error: {error}")
+    if not resumed:  # recorded as run, so a resume can compare them
+        args.vocab_size, args.patch_nums = config.vocab_size, ",".join(map(str, config.patch_nums))
     log = RunLog(args.out_dir, distributed)
     log.write(f"args: {json.dumps(vars(args))}")
+    for line in run.changes:
+        log.say(line)
 
     # 2. data ----------------------------------------------------------------------------------------------------
     train_set, held_out_images = load_data(args, config.image_size, device)
@@ -295,7 +315,7 @@ def main(argv=None):
 
     # 4. optimizers, resume --------------------------------------------------------------------------------------
     optimizer, disc_optimizer = build_optimizers(args, vae, discriminator)
-    start_step = restore(args, resumed, vae, optimizer, discriminator, disc_optimizer, log)
+    start_step = restore(resumed, vae, optimizer, discriminator, disc_optimizer, log)
     budget = TimeBudget(args.minutes, start_step, started) if args.minutes and start_step == 0 else None
     model = wrap_ddp(vae, distributed, device)
     if discriminator is not None:
@@ -313,6 +333,9 @@ def main(argv=None):
               f"{'unknown' if peak is None else f'{peak / 1e12:.3g} TFLOP/s'}")
     log.start(start_step)
     bar = progress_bar(loader, start_step, args.steps, distributed, "tokenizer")
+    clock = SaveClock(args.save_minutes)
+    stopped = False
+    run.stops.begin_steps()
     for step, (images, _) in enumerate(bar, start=start_step):
         if step >= args.steps:
             break
@@ -327,7 +350,7 @@ def main(argv=None):
         if args.restart_every and (step + 1) % args.restart_every == 0:
             restart_codes(args, vae, images, restart_generator, distributed, log, step + 1)
 
-        # 6. logging, grids, checkpoints -----------------------------------------------------------------------------
+        # 6. logging, grids, checkpoints (by steps, by the clock, and at a stop) -----------------------------------
         if distributed.is_main:
             bar.set_postfix(loss=f"{loss.item():.4f}", rec=f"{rec_loss.item():.4f}", vq=f"{vq_loss.item():.4f}",
                             lr=f"{lr:.1e}")
@@ -338,13 +361,22 @@ def main(argv=None):
                      peak, getattr(train_set, "num_skipped", 0))
         if distributed.is_main and is_due(done, args.grid_every, args.steps):
             save_grid(args, vae, held_out_images, log, done)
-        if distributed.is_main and is_due(done, args.save_every, args.steps):
-            save(checkpoint_path, args, vae, config, done, train_set.class_names, optimizer, restart_generator,
-                 discriminator, disc_optimizer)
-    if distributed.is_main:
+        stopped, save_by_time = run.stops.after_step(clock.due(), device)
+        stopped = stopped and done < args.steps  # a stop during the last step is the normal end
+        if distributed.is_main and (is_due(done, args.save_every, args.steps) or save_by_time or stopped):
+            save_or_exit(lambda: save(checkpoint_path, args, vae, config, done, train_set.class_names, optimizer,
+                                      restart_generator, discriminator, disc_optimizer), args.out_dir)
+            clock.saved()
+        if stopped:
+            break
+    bar.close()
+    if distributed.is_main and stopped:
+        print(run.stops.report(done, args.steps, checkpoint_path, __file__, argv))
+    elif distributed.is_main:
         finish(args, vae, held_out_images, checkpoint_path)
     del model, discriminator, bar, loader  # the DDP wrappers hold the process group: drop them before leaving it
     end_distributed(distributed)
+    return run.stops.exit_status() if stopped else 0
 
 
 if __name__ == "__main__":

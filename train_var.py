@@ -30,14 +30,15 @@ from minvar.io.data import DataError, build_dataset, save_image_grid
 from minvar.evaluation.flops import mfu_text, peak_flops, var_training_flops
 from minvar.sampling import check_pair, generate
 from minvar.training.token_cache import TokenDataset, load_or_build_token_cache
-from minvar.training.arguments import (add_common_arguments, non_negative_float, non_negative_int, positive_float,
-                                       positive_int, probability)
+from minvar.training.arguments import (MAY_CHANGE_ON_RESUME, add_common_arguments, given_flags, non_negative_float,
+                                       non_negative_int, positive_float, positive_int, probability)
 from minvar.training.data_order import make_loader, step_generator
 from minvar.training.distributed import all_reduce_mean, end_distributed, wrap_ddp
 from minvar.training.ema import EMA
 from minvar.training.precision import autocast
-from minvar.training.run import RunLog, is_due, progress_bar, start_run
+from minvar.training.run import RunLog, is_due, open_run, progress_bar, save_or_exit
 from minvar.training.schedule import TimeBudget, lr_wd_at, set_lr_wd
+from minvar.training.stops import SaveClock
 from minvar.var import VAR, VAR_PRESETS, VARConfig
 
 # Training recipes. dN are the official ImageNet ones (official README; docs/official_model.md): global batch,
@@ -64,11 +65,17 @@ RECIPES = {
 }
 
 
-def parse_args(argv=None):
+# The flags a resumed run may change: the trainers' shared ones (minvar/training/arguments.py), the sample grids'
+# interval and guidance (they do not touch training), and --compile (the same computation up to float rounding).
+VAR_MAY_CHANGE_ON_RESUME = MAY_CHANGE_ON_RESUME + ("sample_every", "cfg", "compile")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # run, data and tokenizer
-    add_common_arguments(parser, "runs/var", None, "training resolution; default: the tokenizer's own")
+    add_common_arguments(parser, "runs/var", None, "training resolution; default: the tokenizer's own",
+                         VAR_MAY_CHANGE_ON_RESUME)
     parser.add_argument("--tokenizer", default="runs/tokenizer/checkpoint.pt", help="a train_tokenizer.py "
                         "checkpoint, or the official vae_ch160v4096z32.pth")
     parser.add_argument("--encode-on-the-fly", action="store_true", help="encode every batch with the tokenizer "
@@ -102,7 +109,11 @@ def parse_args(argv=None):
                         "(0: only at the end)")
     parser.add_argument("--cfg", type=non_negative_float, default=3.0, help="guidance of the sample grids (sample.py's "
                         "built-in default)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def build_config(args, vae, num_classes: int) -> VARConfig:
@@ -164,6 +175,7 @@ def build_model(args, vae, num_classes: int, resumed, image_size: int, device: t
         config = config_from_dict(VARConfig, resumed["config"])
     else:
         config = build_config(args, vae, num_classes)
+        args.depth, args.width = config.depth, config.width  # recorded as run, so a resume can compare them
     var = VAR(config).to(device)
     try:
         check_pair(var, vae)
@@ -177,7 +189,7 @@ def build_model(args, vae, num_classes: int, resumed, image_size: int, device: t
     return var, config, ema
 
 
-def restore(resumed, var, optimizer, ema, plan: Schedule, log: RunLog) -> int:
+def restore(resumed, var, optimizer, ema, log: RunLog) -> int:
     """Load a resumed run's weights, optimizer, EMA and random state; returns the step to start from (0: a new run)."""
     if resumed is None:
         return 0
@@ -187,8 +199,6 @@ def restore(resumed, var, optimizer, ema, plan: Schedule, log: RunLog) -> int:
         ema.model.load_state_dict(resumed["ema_model"])
     torch.set_rng_state(resumed["rng_state"])
     log.write(f"resumed from step {resumed['step']}")
-    if (resumed.get("args") or {}).get("minutes"):  # the total that --minutes chose; never re-measured
-        plan.steps = resumed["total_steps"]
     return resumed["step"]
 
 
@@ -209,7 +219,7 @@ def step_data(args, vae, train_set, distributed, log: RunLog):
         return train_set, lambda: getattr(train_set, "num_skipped", 0)  # counted as the loader reads
     barrier = torch.distributed.barrier if distributed.world_size > 1 else None
     cache = load_or_build_token_cache(os.path.join(args.out_dir, "token_cache.pt"), vae, train_set, args.hflip,
-                                      distributed.is_main, barrier, log.write)
+                                      distributed.is_main, barrier, log.write, log.say)
     return TokenDataset(cache, seed=args.seed), lambda: cache.get("num_skipped", 0)  # counted when it was built
 
 
@@ -295,16 +305,26 @@ def save(checkpoint_path: str, args, var, config, done: int, class_names, optimi
                     rng_state=torch.get_rng_state(), args=vars(args), total_steps=plan.steps)
 
 
-def main(argv=None):
-    # 1. config: device, precision, the run to resume, the frozen tokenizer --------------------------------------
+def main(argv=None) -> int:
+    """Train VAR; returns the exit status: 0, or 128 + the signal that stopped the run early (130: Ctrl-C)."""
     started = time.perf_counter()  # a --minutes budget counts from here
-    args = parse_args(argv)
-    distributed, device, checkpoint_path, resumed = start_run(args, "minvar-var")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # the run folder is locked and the stop signals caught until the run ends, however it ends
+    with open_run(args, "minvar-var", given_flags(parser, argv), VAR_MAY_CHANGE_ON_RESUME) as run:
+        return train(args, run, started, argv)
+
+
+def train(args, run, started: float, argv) -> int:
+    # 1. config: device, precision, the run to resume, the frozen tokenizer --------------------------------------
+    distributed, device, checkpoint_path, resumed = run.distributed, run.device, run.checkpoint_path, run.resumed
     recipe = RECIPES[args.preset]
     vae = load_run_tokenizer(args, resumed, device)
-    image_size = args.image_size or vae.config.image_size
+    image_size = args.image_size = args.image_size or vae.config.image_size
     log = RunLog(args.out_dir, distributed)
     log.write(f"args: {json.dumps(vars(args))}")
+    for line in run.changes:
+        log.say(line)
 
     # 2. data and schedule ---------------------------------------------------------------------------------------
     try:
@@ -313,6 +333,7 @@ def main(argv=None):
     except DataError as error:
         raise SystemExit(f"error: {error}")
     plan = schedule(args, recipe, len(train_set), distributed.world_size)
+    args.batch_size = plan.batch_size  # recorded as run, so a resume can compare it
 
     # 3. model ---------------------------------------------------------------------------------------------------
     var, config, ema = build_model(args, vae, train_set.num_classes, resumed, image_size, device, log)
@@ -320,7 +341,7 @@ def main(argv=None):
     # 4. optimizer (AdamW, betas (0.9, 0.95) as official; weight decay on the matrices only), resume --------------
     optimizer = torch.optim.AdamW(var.parameter_groups(recipe["weight_decay"]), lr=plan.peak_lr, betas=(0.9, 0.95),
                                   fused=device.type == "cuda")
-    start_step = restore(resumed, var, optimizer, ema, plan, log)
+    start_step = restore(resumed, var, optimizer, ema, log)
     budget = TimeBudget(args.minutes, start_step, started) if args.minutes and start_step == 0 else None
     model = wrap_ddp(var, distributed, device)
     if args.compile:  # only the training forward; `var` (saved, sampled, averaged by the EMA) stays the eager module
@@ -340,6 +361,9 @@ def main(argv=None):
               f"{'unknown' if peak is None else f'{peak / 1e12:.3g} TFLOP/s'}")
     log.start(start_step)
     bar = progress_bar(loader, start_step, plan.steps, distributed, "VAR")
+    clock = SaveClock(args.save_minutes)
+    stopped = False
+    run.stops.begin_steps()
     var.train()
     for step, (inputs, labels) in enumerate(bar, start=start_step):
         if step >= plan.steps:
@@ -353,7 +377,7 @@ def main(argv=None):
         loss, logits_BLV, grad_norm = train_step(args, model, var, optimizer, ema, labels, x_BLCv, target_BL, drop_B,
                                                  device)
 
-        # 6. logging, samples, checkpoints ---------------------------------------------------------------------------
+        # 6. logging, samples, checkpoints (by steps, by the clock, and at a stop) ---------------------------------
         done = step + 1
         fix_total(args, budget, done, plan, distributed, bar, log)
         if distributed.is_main:
@@ -364,13 +388,22 @@ def main(argv=None):
                      skipped_images())
         if distributed.is_main and is_due(done, args.sample_every, plan.steps):
             save_samples(args, var, ema, vae, train_set.class_names, done)
-        if distributed.is_main and is_due(done, args.save_every, plan.steps):
-            save(checkpoint_path, args, var, config, done, train_set.class_names, optimizer, ema, tokenizer_state,
-                 plan)
-    if distributed.is_main and start_step < plan.steps:  # a resumed, already finished run trains no step
+        stopped, save_by_time = run.stops.after_step(clock.due(), device)
+        stopped = stopped and done < plan.steps  # a stop during the last step is the normal end
+        if distributed.is_main and (is_due(done, args.save_every, plan.steps) or save_by_time or stopped):
+            save_or_exit(lambda: save(checkpoint_path, args, var, config, done, train_set.class_names, optimizer, ema,
+                                      tokenizer_state, plan), args.out_dir)
+            clock.saved()
+        if stopped:
+            break
+    bar.close()
+    if distributed.is_main and stopped:
+        print(run.stops.report(done, plan.steps, checkpoint_path, __file__, argv))
+    elif distributed.is_main and start_step < plan.steps:  # a resumed, already finished run trains no step
         print(f"VAR: final loss {loss.item():.4f}; checkpoint {checkpoint_path}")
     del model, bar, loader  # the DDP wrappers hold the process group: drop them before leaving it
     end_distributed(distributed)
+    return run.stops.exit_status() if stopped else 0
 
 
 if __name__ == "__main__":

@@ -38,7 +38,12 @@ def atomic_save(obj, path: str) -> None:
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
     try:
         with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
+            try:
+                torch.save(obj, file)
+            except RuntimeError as error:
+                # torch's zip writer reports a short write (a full disk) as RuntimeError("... unexpected pos ...");
+                # it is an OSError like any other failed write, and callers handle it as one
+                raise OSError(f"writing {temporary} failed ({error})") from error
         os.replace(temporary, path)
     except BaseException:  # KeyboardInterrupt too: never leave a half-written temporary file behind
         if os.path.exists(temporary):

@@ -1,7 +1,9 @@
 """What the training scripts share, one job per module.
 
     arguments.py    shared flags and argparse validators (a bad value fails at parse time, in words)
-    run.py          the run folder: start or resume a run, log.txt, progress bar, when to log and save
+    run.py          the run folder: start or resume a run (its lock, honest --resume), log.txt, progress bar, when
+                    to log and save
+    stops.py        clean stops on SIGINT / SIGTERM / SIGUSR1 (shared under torchrun), saves by the clock
     distributed.py  torchrun: process group, device per process, DDP wrapping, clean exit
     data_order.py   which images each step trains on, a pure function of (seed, step): exact resume
     schedule.py     learning-rate and weight-decay schedules; the step count of a time budget (--minutes)

@@ -46,10 +46,30 @@ def non_negative_float(text: str) -> float:
     return _number(text, float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0")
 
 
-def add_common_arguments(parser, out_dir: str, image_size, image_size_help: str) -> None:
-    """The flags both training scripts share (run folder, resume, seed, device, precision, data, logging)."""
+# The flags both trainers let a resumed run change (each change is logged): how long it trains, how often it logs
+# and saves, and the machine it runs on. Any other flag given with --resume must match the checkpoint.
+MAY_CHANGE_ON_RESUME = ("steps", "log_every", "save_every", "save_minutes", "device", "precision", "threads",
+                        "workers")
+# The machine's flags: a resumed run takes them from its own command line (or their defaults), never from the
+# checkpoint, which may come from another machine. They change how fast a step runs, not which steps run.
+MACHINE_FLAGS = ("device", "precision", "threads", "workers", "compile")
+
+
+def add_common_arguments(parser, out_dir: str, image_size, image_size_help: str, may_change) -> None:
+    """The flags both training scripts share (run folder, resume, seed, device, precision, data, logging).
+
+    `may_change`: the dests of the flags a resumed run may change, listed in --resume's help.
+    """
     parser.add_argument("--out-dir", default=out_dir, help="run folder: log.txt, checkpoint.pt, image grids")
-    parser.add_argument("--resume", action="store_true", help="continue from <out-dir>/checkpoint.pt exactly")
+    machine = ", ".join("--" + name for name in MACHINE_FLAGS if name in may_change)
+    parser.add_argument("--resume", action="store_true", help="continue from <out-dir>/checkpoint.pt exactly. "
+                        f"Flags left out take the checkpoint's values ({machine}: this machine's); of the flags "
+                        "given, only "
+                        f"{', '.join('--' + name.replace('_', '-') for name in may_change)} may differ from the "
+                        "checkpoint's (each change is logged), any other is an error")
+    parser.add_argument("--move-old-run", action="store_true", help="if <out-dir> holds a run, move it aside to a new "
+                        "folder <out-dir>-old-N (printed) and start a new run; without it a new run into a folder "
+                        "with a checkpoint is refused")
     parser.add_argument("--seed", type=int, default=0, help="seed of the init, the data order and label dropout")
     parser.add_argument("--device", default="auto", help="'cpu', 'cuda', or 'auto' (CUDA when present)")
     add_speed_arguments(parser)
@@ -63,6 +83,21 @@ def add_common_arguments(parser, out_dir: str, image_size, image_size_help: str)
                         help="steps between log.txt lines (0: only at the end)")
     parser.add_argument("--save-every", type=non_negative_int, default=500,
                         help="steps between checkpoints (0: only at the end)")
+    parser.add_argument("--save-minutes", type=non_negative_float, default=10.0, help="minutes of wall-clock time "
+                        "between checkpoints, besides --save-every (0: by steps only); bounds what a crash or a "
+                        "SIGKILL can lose (Ctrl-C, SIGTERM and SIGUSR1 save at the step reached)")
+
+
+def given_flags(parser: argparse.ArgumentParser, argv=None) -> set:
+    """The dests of the flags typed on the command line, as opposed to those left at their argparse defaults.
+
+    argparse writes a default only into a namespace that lacks the attribute, so parsing into a namespace that
+    already holds a marker for every dest leaves the marker exactly where no flag was given.
+    """
+    unset = object()
+    namespace = argparse.Namespace(**{action.dest: unset for action in parser._actions})
+    parsed = parser.parse_args(argv, namespace=namespace)
+    return {name for name, value in vars(parsed).items() if value is not unset}
 
 
 def add_speed_arguments(parser) -> None:

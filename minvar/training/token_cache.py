@@ -12,7 +12,8 @@ centre crop): a cache cannot hold a fresh random crop per epoch; on-the-fly enco
 
 It is keyed by a fingerprint of the tokenizer's weights and of the data (the built-in dataset's parameters and a few
 of its pixels, or a folder's file list with sizes and modification times), so a changed tokenizer or folder is
-rebuilt, never read stale.
+rebuilt, never read stale. The cache can always be derived again, so an unreadable file (a copy cut short, a full
+disk) is rebuilt too, with a one-line warning that names it, never a traceback.
 
 Shape legend: N images, V_views augmentation views (1, or 2 with horizontal flips), L = Σ pn² tokens per image,
 B batch.
@@ -29,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from minvar.io.checkpoint import atomic_save
+from minvar.io.official import CheckpointError, read_file
 from minvar.io.data import ImageFolderDataset, dataset_fingerprint
 
 TOKEN_CACHE_KIND = "minvar-token-cache"
@@ -105,21 +107,30 @@ def save_token_cache(cache: dict, path: str) -> None:
     atomic_save(cache, path)
 
 
-def load_token_cache(path: str, tokenizer_key: str, data_key: str) -> dict | None:
-    """The cache at `path` if it was built from this tokenizer and these data, else None (absent or stale)."""
+def load_token_cache(path: str, tokenizer_key: str, data_key: str, warn=None) -> dict | None:
+    """The cache at `path` if it was built from this tokenizer and these data, else None (absent, unreadable or
+    stale; `warn`, if given, receives one line that says which, except for an absent file)."""
     if not os.path.isfile(path):
         return None
-    cache = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(cache, dict) or cache.get("kind") != TOKEN_CACHE_KIND:
+    warn = warn or (lambda line: None)
+    try:
+        cache = read_file(path)  # weights_only, on the CPU; a truncated or foreign file is a CheckpointError
+    except CheckpointError as error:
+        warn(f"token cache: {path} is unreadable ({error}): rebuilding it")
+        return None
+    if cache.get("kind") != TOKEN_CACHE_KIND:
+        warn(f"token cache: {path} is not a token cache: rebuilding it")
         return None
     if cache.get("tokenizer_fingerprint") != tokenizer_key or cache.get("data_fingerprint") != data_key:
+        warn(f"token cache: {path} was encoded by another tokenizer or from other data: rebuilding it")
         return None
     return cache
 
 
 def load_or_build_token_cache(path: str, vae: torch.nn.Module, dataset, hflip: bool, is_main: bool = True,
-                              barrier=None, log=print) -> dict:
-    """The cache of this tokenizer and these data: read from `path` if fresh, else built and written there.
+                              barrier=None, log=print, warn=print) -> dict:
+    """The cache of this tokenizer and these data: read from `path` if fresh, else built and written there (`warn`
+    says why an existing file is not used, `log` what is done).
 
     Under DistributedDataParallel only the main process builds and writes; `barrier` (e.g. torch.distributed.barrier)
     makes the others wait for the file, then every process reads it and checks both fingerprints itself. One
@@ -128,7 +139,7 @@ def load_or_build_token_cache(path: str, vae: torch.nn.Module, dataset, hflip: b
     keys = tokenizer_fingerprint(vae), data_fingerprint(dataset, hflip)
     cache = None
     if is_main:
-        cache = load_token_cache(path, *keys)
+        cache = load_token_cache(path, *keys, warn=warn)
         if cache is None:
             log(f"token cache: encoding {len(dataset)} images{' and their mirror images' if hflip else ''} "
                 f"into {path}")
