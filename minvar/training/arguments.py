@@ -12,6 +12,9 @@ import math
 # argparse `type=` validators for counts, sizes and probabilities: a bad value ends the script at parse time with
 # "argument --per-class: must be a positive integer, got -3" instead of a traceback deep inside the run.
 def _number(text: str, kind, accept, wanted: str):
+    """Convert `text` with `kind` and check it with `accept`; argparse turns ArgumentTypeError into the message
+    above, naming the flag. Two messages: one for text that is no number at all (quoted, as the user typed it),
+    one for a number out of range."""
     try:
         value = kind(text)
     except ValueError:
@@ -61,6 +64,7 @@ def add_common_arguments(parser, out_dir: str, image_size, image_size_help: str,
     `may_change`: the dests of the flags a resumed run may change, listed in --resume's help.
     """
     parser.add_argument("--out-dir", default=out_dir, help="run folder: log.txt, checkpoint.pt, image grids")
+    # --resume's help is built from the lists above, so it cannot disagree with what the resume check allows
     machine = ", ".join("--" + name for name in MACHINE_FLAGS if name in may_change)
     parser.add_argument("--resume", action="store_true", help="continue from <out-dir>/checkpoint.pt exactly. "
                         f"Flags left out take the checkpoint's values ({machine}: this machine's); of the flags "
@@ -94,7 +98,7 @@ def given_flags(parser: argparse.ArgumentParser, argv=None) -> set:
     argparse writes a default only into a namespace that lacks the attribute, so parsing into a namespace that
     already holds a marker for every dest leaves the marker exactly where no flag was given.
     """
-    unset = object()
+    unset = object()  # a marker no flag can produce, so "given" is exact even for flags whose default is None
     namespace = argparse.Namespace(**{action.dest: unset for action in parser._actions})
     parsed = parser.parse_args(argv, namespace=namespace)
     return {name for name, value in vars(parsed).items() if value is not unset}
@@ -105,7 +109,7 @@ def add_speed_arguments(parser) -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                         help="bf16 = bfloat16 autocast; auto = bf16 where the device computes it natively (CUDA "
                              "with bf16 support, CPUs with AVX512-BF16 or AMX), fp32 elsewhere (emulated bf16 is "
-                             "about 10x slower) (default %(default)s)")
+                             "many times slower than fp32) (default %(default)s)")
     parser.add_argument("--threads", type=non_negative_int, default=0,
                         help="CPU threads for torch (0: torch's default, one per core); on a machine shared with "
                              "other jobs, 1 is often faster (default %(default)s)")

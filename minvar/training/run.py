@@ -55,7 +55,7 @@ def lock_folder(out_dir: str):
     The lock lives as long as the file stays open. POSIX: `flock`; Windows: `msvcrt.locking` of the first byte (a
     locked byte cannot be read there, so the holder's pid is not known).
     """
-    file = open(os.path.join(out_dir, LOCK_FILE), "a+")
+    file = open(os.path.join(out_dir, LOCK_FILE), "a+")  # "a+": create if missing, never truncate a holder's pid
     try:
         if os.name == "nt":
             import msvcrt
@@ -63,7 +63,7 @@ def lock_folder(out_dir: str):
         else:
             import fcntl
             fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError:  # held by another live process: read its pid for the message, and give up the file
         try:
             file.seek(0)
             holder = file.read().strip() or "unknown"
@@ -135,6 +135,8 @@ def claim_folder_everywhere(args, distributed: Distributed):
 
 
 def same_value(name: str, recorded, given) -> bool:
+    """Whether a flag's value on this command line is the checkpoint's; paths compare as absolute paths, so
+    `runs/tokenizer/checkpoint.pt` and its absolute spelling are the same file (resolved from the current folder)."""
     if name in PATH_FLAGS and isinstance(recorded, str) and isinstance(given, str):
         return os.path.abspath(recorded) == os.path.abspath(given)
     return recorded == given
@@ -158,6 +160,8 @@ def reconcile_flags(args, given: set, resumed: Optional[dict], may_change) -> li
         if name in NOT_COMPARED or not hasattr(args, name):
             continue
         new, flag = getattr(args, name), "--" + name.replace("_", "-")
+        # three cases: a flag that may change (this machine's, or one allowed and typed): log the change; a flag
+        # left out: the checkpoint's value; a flag typed with another value: collected, refused together below
         if name in MACHINE_FLAGS or (name in given and name in may_change):
             if not same_value(name, old, new):
                 changes.append(f"resume: {flag} {old} -> {new}")
@@ -232,6 +236,7 @@ class RunLog:
             os.makedirs(out_dir, exist_ok=True)
 
     def write(self, line: str) -> None:
+        """Append one line; the file is opened per line, so a run killed at any moment leaves whole lines."""
         if self.enabled:
             with open(self.path, "a") as file:
                 file.write(line.rstrip() + "\n")
