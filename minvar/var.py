@@ -47,6 +47,9 @@ class VARConfig:
     shared_aln: bool = False  # one AdaLN projection shared by all blocks plus a per-block offset (d36 only)
     attn_l2_norm: bool = True  # QK-norm with a learned per-head temperature (the released checkpoints use it);
     # False: the paper's ablation without "attention normalization", plain softmax(q·k·scale) attention
+    attn_scale_mul: float = 0.25  # without attn_l2_norm, the softmax scale is attn_scale_mul / √hd: 0.25 is the
+    # official temperature; 1.0 is GPT-2's 1/√hd, as minvar.ar uses (tutorial 07 sets it so that its rows 1 and 2
+    # differ only in the prediction order). Unused with attn_l2_norm, whose temperature is learned.
     adaln: bool = True  # AdaLN class conditioning in every block and before the head; False: plain LayerNorm with
     # learned affine and the class enters only through the start token (the "AR to VAR" row of the ablation table)
     cond_drop_rate: float = 0.1  # label dropout in training, so that the null class learns the unconditional model
@@ -114,7 +117,8 @@ class SelfAttention(nn.Module):
     float32 rounding). NOTE (differs from official VAR): it makes one masked call over all L positions.
     """
 
-    def __init__(self, width: int, num_heads: int, attn_drop: float, proj_drop: float, attn_l2_norm: bool):
+    def __init__(self, width: int, num_heads: int, attn_drop: float, proj_drop: float, attn_l2_norm: bool,
+                 attn_scale_mul: float = 0.25):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, width // num_heads
         self.attn_l2_norm = attn_l2_norm
@@ -123,7 +127,8 @@ class SelfAttention(nn.Module):
             self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), math.log(4.0)))
             self.max_scale_mul = math.log(100.0)
         else:
-            self.scale = 0.25 / math.sqrt(self.head_dim)  # the official non-normalised scale
+            # 0.25 / √hd is the official non-normalised scale (the config's default); 1.0 / √hd is GPT-2's
+            self.scale = attn_scale_mul / math.sqrt(self.head_dim)
         self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
         self.q_bias, self.v_bias = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(width))
         self.register_buffer("zero_k_bias", torch.zeros(width))  # persistent: the checkpoints carry it
@@ -194,7 +199,8 @@ class AdaLNBlock(nn.Module):
         C = cfg.width
         self.shared_aln = cfg.shared_aln
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.attn = SelfAttention(C, cfg.num_heads, cfg.attn_drop_rate, cfg.drop_rate, cfg.attn_l2_norm)
+        self.attn = SelfAttention(C, cfg.num_heads, cfg.attn_drop_rate, cfg.drop_rate, cfg.attn_l2_norm,
+                                  cfg.attn_scale_mul)
         self.ffn = FFN(C, round(C * cfg.mlp_ratio), cfg.drop_rate)
         self.ln_without_affine = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
         if cfg.shared_aln:
@@ -243,7 +249,8 @@ class LayerNormBlock(nn.Module):
         super().__init__()
         C = cfg.width
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.attn = SelfAttention(C, cfg.num_heads, cfg.attn_drop_rate, cfg.drop_rate, cfg.attn_l2_norm)
+        self.attn = SelfAttention(C, cfg.num_heads, cfg.attn_drop_rate, cfg.drop_rate, cfg.attn_l2_norm,
+                                  cfg.attn_scale_mul)
         self.ffn = FFN(C, round(C * cfg.mlp_ratio), cfg.drop_rate)
         self.ln1 = nn.LayerNorm(C, eps=cfg.norm_eps)  # affine: nothing else scales or shifts the normalised x
         self.ln2 = nn.LayerNorm(C, eps=cfg.norm_eps)
