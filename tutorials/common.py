@@ -10,6 +10,7 @@ Models come from, in this order:
 A stand-in shows the mechanics, not good pictures: its tokenizer has seen a few hundred images at most.
 """
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -47,12 +48,59 @@ def parse_args(description: str, extra=None, argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of everything random in the tutorial")
     if extra is not None:
         extra(parser)
-    args = parser.parse_args(argv)
+    # A notebook kernel (Jupyter, VS Code, PyCharm) starts Python with its own arguments (`-f kernel.json`): there
+    # the tutorial runs with its defaults and ignores them. From a shell an unknown flag is still an error (a typo).
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not in_notebook():
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     os.makedirs(args.out_dir, exist_ok=True)
     return args
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter / IPython kernel (the tutorials are also notebooks: `# %%` cells)."""
+    return "ipykernel" in sys.modules
+
+
+def settings_key(settings: dict) -> str:
+    """A short hash of a JSON-able dict of settings: the name of a cached run made with exactly those settings.
+
+    Tutorials that reuse what they trained before (07's tokenizers and models) store the dict beside the checkpoint
+    and reuse it only if every entry matches: the data, the tokenizer, the seed and every training setting.
+    """
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of a model's parameters and buffers (names, shapes and bytes): tells two tokenizers apart."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cached(folder: str, settings: dict):
+    """(path of the checkpoint for these settings, True if a finished run with exactly them is already there)."""
+    os.makedirs(folder, exist_ok=True)
+    stem = os.path.join(folder, settings_key(settings))
+    try:
+        with open(stem + ".json") as file:
+            same = json.load(file) == json.loads(json.dumps(settings, default=str))
+    except (OSError, ValueError):
+        same = False
+    return stem + ".pt", same and os.path.isfile(stem + ".pt")
+
+
+def mark_cached(checkpoint_path: str, settings: dict) -> None:
+    """Write the settings beside a finished checkpoint (after it, so a killed run is never reused)."""
+    with open(os.path.splitext(checkpoint_path)[0] + ".json", "w") as file:
+        json.dump(settings, file, indent=1, sort_keys=True, default=str)
 
 
 def section(title: str) -> None:
