@@ -85,7 +85,7 @@ from minvar.vqvae import VQVAE, VQVAEConfig
 # (Sapphire Rapids class) shared with another job (docs/results_ablations.md); --fast runs in seconds.
 # steps: every row's training steps (the paper's protocol); the equal-FLOPs table gives every model the counted
 # training FLOPs of `steps` steps of the row-6 VAR. sweep_steps: the short runs that choose each model's learning rate.
-FULL = dict(seeds=3, tokenizer_steps=300, train_images=4096, held_out_images=512, steps=300, sweep_steps=60,
+FULL = dict(seeds=3, tokenizer_steps=300, train_images=4096, held_out_images=512, steps=200, sweep_steps=40,
             batch_size=16, depth=4, width=128, heads=2, big_depth=6, big_width=192, big_heads=3, judge_steps=400,
             per_class=50, num_real=750, timing_batch=16, timing_repeats=3)
 FAST = dict(seeds=2, tokenizer_steps=3, train_images=64, held_out_images=32, steps=6, sweep_steps=2, batch_size=4,
@@ -685,6 +685,7 @@ report = dict(rows=rows, protocols=list(PROTOCOLS), seeds=seeds, chance=chance, 
               learning_rate_sweep={name: dict(losses={f"{k:g}": v for k, v in entry["losses"].items()},
                                               chosen=entry["chosen"]) for name, entry in sweep.items()},
               learning_rates=learning_rate, flops_per_training_step=flops_per_step,
+              configs={name: asdict(config) for name, config in configs.items()},
               equal_flops_budget=budget, top_k=top_k, training=TRAINING, sample_count=len(sample_labels),
               per_seed={f"{protocol}/{row}/{seed}": value for (protocol, row, seed), value in measured.items()},
               ar_without_kv_cache=dict(seconds_per_image=seconds_per_image[UNCACHED[0]],
