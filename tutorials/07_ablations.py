@@ -85,7 +85,7 @@ from minvar.vqvae import VQVAE, VQVAEConfig
 # (Sapphire Rapids class) shared with another job (docs/results_ablations.md); --fast runs in seconds.
 # steps: every row's training steps (the paper's protocol); the equal-FLOPs table gives every model the counted
 # training FLOPs of `steps` steps of the row-6 VAR. sweep_steps: the short runs that choose each model's learning rate.
-FULL = dict(seeds=3, tokenizer_steps=300, train_images=4096, held_out_images=512, steps=200, sweep_steps=40,
+FULL = dict(seeds=3, tokenizer_steps=300, train_images=4096, held_out_images=512, steps=150, sweep_steps=40,
             batch_size=16, depth=4, width=128, heads=2, big_depth=6, big_width=192, big_heads=3, judge_steps=400,
             per_class=50, num_real=750, timing_batch=16, timing_repeats=3)
 FAST = dict(seeds=2, tokenizer_steps=3, train_images=64, held_out_images=32, steps=6, sweep_steps=2, batch_size=4,
@@ -211,7 +211,7 @@ for seed in seeds:
     tokenizers[seed] = dict(multi=vae_multi, one=vae_one)
     with torch.no_grad():
         for name, vae in (("multi_scale", vae_multi), ("one_scale", vae_one)):
-            indices = vae.img_to_idx(real[:256])  # K × (b, pn²)
+            indices = vae.img_to_idx(real[:args.num_real])  # K × (num_real, pn²): as many as a row's samples
             usage = codebook_usage(indices, vae.config.vocab_size)
             images = vae.idx_to_img(indices)  # (b, 3, H, W) in [-1, 1]
             tokenizer_report.setdefault(name, []).append(dict(
@@ -384,7 +384,7 @@ def train(name: str, seed: int, total: int, learning_rate: float):
     if reusable:
         saved = read_file(path)
         model = load_ar(saved) if name == "ar" else load_var(saved)
-        return model, dict(seconds=saved["train_seconds"], final_loss=saved["final_loss"])
+        return model, dict(seconds=saved["train_seconds"], final_loss=saved["final_loss"], path=path)
     model = build(name, seed).train()
     optimizer = torch.optim.AdamW(model.parameter_groups(TRAINING["weight_decay"]), lr=learning_rate,
                                   betas=TRAINING["betas"])
@@ -411,7 +411,7 @@ def train(name: str, seed: int, total: int, learning_rate: float):
     else:
         save_checkpoint(path, "minvar-var", model, model.config, total, class_names, **extra)
     common.mark_cached(path, settings)
-    return model.eval(), dict(seconds=seconds, final_loss=final)
+    return model.eval(), dict(seconds=seconds, final_loss=final, path=path)
 
 
 sweep = {}
@@ -509,7 +509,8 @@ for row, description, *_ in TIMED:
 # k=3 precision/recall. The judge is the instrument, so one judge (the first seed's) measures every row and seed.
 # Every row draws the same number of samples (`--per-class` per class), so the Fréchet distances compare at the same
 # N. The tokenizers' reconstructions of the held-out images are measured the same way: no row can be closer to the
-# data than its tokenizer lets it.
+# data than its tokenizer lets it. They are reconstructions of the first reference set's images, compared with the
+# second set (other images), at the same N as a row's samples.
 
 # %%
 common.section("7. Quality: the judge and the Fréchet distance")
@@ -540,19 +541,23 @@ def sample(row_settings, model, model_name, seed, labels, sample_seed):
 
 sample_labels = [c for c in range(num_classes) for _ in range(args.per_class)]
 measured, grids = {}, []
+by_model = {}  # (checkpoint, row, seed) -> measures: a model both protocols share (row 6's) is sampled once
 for protocol, seed in tqdm([(p, s) for p in PROTOCOLS for s in seeds], desc="sampling", dynamic_ncols=True):
     for row, description, model_name, settings in ROWS:
-        model = models[protocol, model_name, seed]
-        images = torch.cat([sample(settings, model, model_name, seed, sample_labels[i:i + 256], seed * 1000 + i)
-                            for i in range(0, len(sample_labels), 256)]) * 2 - 1  # (N, 3, H, W) in [-1, 1]
-        probs, features = judge_predict(judge, images)
-        precision, recall = precision_recall(features_real_a, features, k=3)
-        measured[protocol, row, seed] = dict(
-            frechet_distance=frechet_distance_from_features(features_real_a, features),
-            judge_accuracy=(probs.argmax(-1) == torch.tensor(sample_labels)).float().mean().item(),
-            precision=precision, recall=recall)
-        if protocol == "equal_steps" and seed == seeds[0]:
-            grids.append(images[[c * args.per_class for c in range(min(num_classes, 16))]])  # one per class
+        key = (training[protocol, model_name, seed]["path"], row, seed)
+        if key not in by_model:
+            model = models[protocol, model_name, seed]
+            images = torch.cat([sample(settings, model, model_name, seed, sample_labels[i:i + 256], seed * 1000 + i)
+                                for i in range(0, len(sample_labels), 256)]) * 2 - 1  # (N, 3, H, W) in [-1, 1]
+            probs, features = judge_predict(judge, images)
+            precision, recall = precision_recall(features_real_a, features, k=3)
+            by_model[key] = dict(
+                frechet_distance=frechet_distance_from_features(features_real_a, features),
+                judge_accuracy=(probs.argmax(-1) == torch.tensor(sample_labels)).float().mean().item(),
+                precision=precision, recall=recall)
+            if protocol == "equal_steps" and seed == seeds[0]:
+                grids.append(images[[c * args.per_class for c in range(min(num_classes, 16))]])  # one per class
+        measured[protocol, row, seed] = by_model[key]
 
 # %% [markdown]
 # ## 8. Both tables beside the paper's, and which differences the seeds can tell apart
