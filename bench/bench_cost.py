@@ -28,11 +28,12 @@ the AR's time) is wall-clock time to generate an image on a GPU, against an AR t
 one of its 256 steps (the O(n⁶) model of §3.1). A GPU at batch 1 is latency-bound: one transformer call on a few
 hundred tokens leaves most of it idle, so time grows with the number of sequential calls (256 against 10) far more
 than with the arithmetic. Against a KV-cached AR, VAR does MORE arithmetic, not less (all L = Σ pn² tokens, and
-attention over up to L keys: about 2× the FLOPs at 8×8 and 4× at 16×16 by minvar/flops.py). A CPU thread is
-close to FLOP-bound once a call has enough work; there the ratio of wall times tends to the ratio of FLOPs as
-the batch grows, and only at batch 1 on small maps does the per-call overhead (Python, kernel launches, the
-sampling step) make the step count show. So a CPU can show the step count (exactly), the FLOPs (exactly), and the
-latency advantage at batch 1, shrinking with the batch; it cannot show a GPU's 0.013.
+attention over up to L keys: about 2× the FLOPs at 8×8 and 4× at 16×16 by minvar/flops.py). On a CPU thread a
+small model's call costs a fixed overhead (Python, dispatch, the sampling step) plus its arithmetic: at batch 1 the
+overhead of the AR's many steps dominates and VAR wins by about the step ratio; as the batch grows the arithmetic
+takes over and the ratio moves towards the FLOP ratio, where a KV-cached AR would win. So a CPU can show the step
+count and the FLOPs exactly, and the latency advantage at batch 1, shrinking with the batch; it cannot show a GPU's
+0.013, which is a latency at 256 against 10 steps with the AR's prefix recomputed.
 
 What to expect: at small n the per-token matrix products (O(T·C²) for T tokens, C the width) dominate, not the
 attention (O(T²·C)), so the measured FLOP exponents start near 2 (VAR, AR cached) and 4 (AR without cache) and
