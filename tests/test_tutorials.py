@@ -181,7 +181,8 @@ def ablations(out_dir):
 def test_07_ablations_lists_every_row_of_both_tables(out_dir, ablations):
     """07.json lists rows 1-7 of the equal-steps table (the paper's protocol) and of the equal-FLOPs table, each with
     the fields docs and tests read (row, protocol, steps, seeds, fd_mean, fd_std, judge_mean, relative_cost), finite;
-    the means are the means of the per-seed values; the AR row is the cost reference; rows 3-5 share one model."""
+    the means are the means of the per-seed values, and so is each paired (within-seed) difference to the row above;
+    the AR row is the cost reference; rows 3-5 share one model."""
     report, _ = ablations
     assert_png_files(out_dir, ["07_ablations.png", "07_ablation_samples.png"])
     rows = report["rows"]
@@ -200,6 +201,10 @@ def test_07_ablations_lists_every_row_of_both_tables(out_dir, ablations):
         assert table[0]["sequential_steps"] > table[1]["sequential_steps"], "VAR must take fewer sequential steps"
         assert table[1]["params"] < table[2]["params"] < table[6]["params"]
         assert table[2]["held_out_loss_mean"] == table[3]["held_out_loss_mean"] == table[4]["held_out_loss_mean"]
+        for r in table[1:]:  # the paired (within-seed) difference has the difference of the means as its mean
+            paired = r["fd_paired_delta_to_previous"]
+            assert paired["mean"] == pytest.approx(r["fd_mean"] - table[r["row"] - 2]["fd_mean"], abs=1e-9)
+            assert paired["std"] >= 0
 
 
 def test_07_protocols_give_equal_steps_or_equal_flops(ablations):

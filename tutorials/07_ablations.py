@@ -564,7 +564,10 @@ for protocol, seed in tqdm([(p, s) for p in PROTOCOLS for s in seeds], desc="sam
 #
 # Every number is the mean over seeds, ± the standard deviation over seeds (numpy's, ddof 0). A difference between
 # two rows is called *separated* when it is larger than the sum of their two spreads; anything less is inside the
-# noise of this many seeds.
+# noise of this many seeds. Much of that spread is shared by the rows of one seed (they share its tokenizers, whose
+# quality varies from seed to seed), so each comparison is also made *paired*: the difference of the two rows within
+# each seed, its mean ± std over seeds, its t statistic (mean / (std with ddof 1 / √seeds)), and whether every seed
+# agrees on its sign.
 
 # %%
 common.section("8. Both tables beside the paper's")
@@ -619,6 +622,13 @@ for r in rows:  # each row against the row before it and against row 1, in the s
         r[f"fd_separated_from_{label}"] = bool(abs(r["fd_mean"] - other["fd_mean"]) > r["fd_std"] + other["fd_std"])
         r[f"judge_separated_from_{label}"] = bool(abs(r["judge_mean"] - other["judge_mean"]) >
                                                   r["judge_std"] + other["judge_std"])
+        for metric in ("fd", "judge"):  # the same comparison within each seed
+            paired = np.array(r[f"{metric}_per_seed"]) - np.array(other[f"{metric}_per_seed"])  # (seeds,)
+            spread = paired.std(ddof=1) if len(paired) > 1 else float("nan")
+            r[f"{metric}_paired_delta_to_{label}"] = dict(
+                mean=float(paired.mean()), std=float(paired.std()), same_sign=bool(np.all(np.sign(paired) ==
+                                                                                          np.sign(paired[0]))),
+                t=float(paired.mean() / (spread / math.sqrt(len(paired)))) if spread > 0 else float("nan"))
 
 
 def print_table(protocol: str, title: str) -> None:
@@ -647,6 +657,11 @@ for protocol in PROTOCOLS:
     print(f"{protocol}: Fréchet-distance steps larger than the seed spread: {', '.join(separated) or 'none'}; "
           f"rows with a lower FD than row 1 beyond the spread: "
           f"{[r['row'] for r in table[1:] if r['fd_separated_from_row_1'] and r['fd_delta_to_row_1'] < 0] or 'none'}")
+    for r in table[1:]:
+        fd, judged = r["fd_paired_delta_to_previous"], r["judge_paired_delta_to_previous"]
+        print(f"  row {r['row']} − row {r['row'] - 1}, paired within seeds: FD {fd['mean']:+.1f} ± {fd['std']:.1f} "
+              f"(t {fd['t']:+.1f}{', every seed agrees' if fd['same_sign'] else ''}), judged right "
+              f"{judged['mean']:+.3f} ± {judged['std']:.3f} (t {judged['t']:+.1f})")
 print(f"sequential steps: AR {sequential_steps[1]}, VAR {sequential_steps[2]}; AR-to-VAR wall time (row 2 / row 1) "
       f"{seconds_per_image[2] / seconds_per_image[1]:.3f} with the AR's KV cache, "
       f"{seconds_per_image[2] / seconds_per_image[UNCACHED[0]]:.3f} without it (paper: 0.013, against an AR without "
