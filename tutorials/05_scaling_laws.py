@@ -9,7 +9,7 @@
 # %%
 """Tutorial 5: a scaling law in miniature: held-out loss vs model size, with seeds, and L = E + A·N^-α.
 
-    python tutorials/05_scaling_laws.py --threads 1   # about 15 minutes on one thread (docs/results_ablations.md)
+    python tutorials/05_scaling_laws.py --threads 1   # 43 min on one thread at load 10-17 (docs/results_ablations.md)
     python tutorials/05_scaling_laws.py --fast        # seconds: the same pipeline with tiny settings
 
 The VAR paper's central empirical claim (its "power-law scaling laws" experiments, Figure 5 and the compute figure
@@ -53,8 +53,8 @@ from minvar.data import HELD_OUT_SEED_OFFSET, ShapesDataset
 from minvar.training import lr_wd_at, set_lr_wd
 from minvar.var import VAR, VARConfig
 
-# The full and fast settings. The full ones: about 15 minutes on one thread of the 2-core Intel Xeon this was
-# developed on, shared with other jobs (docs/results_ablations.md).
+# The full and fast settings. The full ones took 43 minutes of wall clock on one thread of a 2-core Intel Xeon that
+# other jobs kept at a load average of 10-17, so roughly a quarter of a core (docs/results_ablations.md).
 FULL = dict(depths="1,2,3,4,5", width_per_depth=16, steps=400, batch_size=16, train_images=4096, held_out_images=256,
             seeds=3)
 FAST = dict(depths="1,2,3,4,5", width_per_depth=16, steps=4, batch_size=4, train_images=32, held_out_images=16,
