@@ -339,6 +339,8 @@ axes[0].plot(grid_n, fit_params["a"] * grid_n ** fit_params["exponent"], "--", c
 axes[0].axhline(fit_irreducible["E"], color="tab:red", ls=":", lw=1)
 axes[0].set_xscale("log")
 axes[0].set_yscale("log")
+axes[0].xaxis.set_minor_formatter(plt.NullFormatter())  # decade labels only: minor ones overlap on a short range
+axes[0].yaxis.set_minor_formatter(plt.FormatStrFormatter("%.2f"))  # the losses span less than a decade
 for r in results:
     axes[0].annotate(f"d{r['depth']}", (r["params"], r["final_loss"]), fontsize=7, xytext=(3, 3),
                      textcoords="offset points")
