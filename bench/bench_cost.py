@@ -16,8 +16,24 @@ n=4 (1,2,3,4), n=8 (1,2,3,4,6,8), n=16 the official 256px (1,2,3,4,5,6,8,10,13,1
 (1,2,3,4,6,9,13,18,24,32). Exponents are fitted on log-log axes (numpy.polyfit) over all sides, and between the last
 two sides (the local slope, closer to the asymptote).
 
-    python bench/bench_cost.py --threads 1                       # about 2 minutes on one CPU thread
+Then the cost table of the ablation (tutorials/07_ablations.py, row 1 against row 2) where the claim lives: at
+batch 1 and 16 (--batches), at 8×8 and 16×16 token maps (--table-sides), the sequential steps, counted FLOPs and
+wall time per image of VAR against AR with and without the KV cache, and their ratios.
+
+    python bench/bench_cost.py --threads 1                       # a few minutes on one CPU thread
     python bench/bench_cost.py --quick                           # seconds (tests/test_bench.py)
+
+Why the paper's 0.013 is a latency, and what a CPU can show of it. The paper's cost column (Table 3: VAR 0.013 of
+the AR's time) is wall-clock time to generate an image on a GPU, against an AR that recomputes its prefix at every
+one of its 256 steps (the O(n⁶) model of §3.1). A GPU at batch 1 is latency-bound: one transformer call on a few
+hundred tokens leaves most of it idle, so time grows with the number of sequential calls (256 against 10) far more
+than with the arithmetic. Against a KV-cached AR, VAR does MORE arithmetic, not less (all L = Σ pn² tokens, and
+attention over up to L keys: about 2× the FLOPs at 8×8 and 4× at 16×16 by minvar/flops.py). On a CPU thread a
+small model's call costs a fixed overhead (Python, dispatch, the sampling step) plus its arithmetic: at batch 1 the
+overhead of the AR's many steps dominates and VAR wins by about the step ratio; as the batch grows the arithmetic
+takes over and the ratio moves towards the FLOP ratio, where a KV-cached AR would win. So a CPU can show the step
+count and the FLOPs exactly, and the latency advantage at batch 1, shrinking with the batch; it cannot show a GPU's
+0.013, which is a latency at 256 against 10 steps with the AR's prefix recomputed.
 
 What to expect: at small n the per-token matrix products (O(T·C²) for T tokens, C the width) dominate, not the
 attention (O(T²·C)), so the measured FLOP exponents start near 2 (VAR, AR cached) and 4 (AR without cache) and
@@ -64,7 +80,10 @@ def parse_args(argv=None):
                         "once (AR without cache at n=32 takes minutes)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: predictable on a shared CPU)")
     parser.add_argument("--out", default="runs/bench_cost/cost.png", help="figure path (the JSON goes beside it)")
-    parser.add_argument("--quick", action="store_true", help="sides 2 and 4, a one-block model, one repeat")
+    parser.add_argument("--table-sides", default="8,16", help="token-map sides of the cost table")
+    parser.add_argument("--batches", default="1,16", help="batch sizes of the cost table")
+    parser.add_argument("--quick", action="store_true", help="sides 2 and 4, a one-block model, one repeat; the "
+                        "table at side 4, batches 1 and 2")
     return parser.parse_args(argv)
 
 
@@ -90,10 +109,13 @@ def main(argv=None):
     args = parse_args(argv)
     if args.quick:
         args.sides, args.depth, args.width, args.heads, args.repeats = "2,4", 1, 32, 1, 1
+        args.table_sides, args.batches = "4", "1,2"
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     sides = [int(s) for s in args.sides.split(",")]
-    unknown = [s for s in sides if s not in SCHEDULES]
+    table_sides = [int(s) for s in args.table_sides.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    unknown = [s for s in sides + table_sides if s not in SCHEDULES]
     if unknown:
         raise SystemExit(f"error: --sides {unknown} have no VAR schedule; choose from {sorted(SCHEDULES)}")
     label = torch.zeros(1, dtype=torch.long)
@@ -147,7 +169,44 @@ def main(argv=None):
               f"{by['VAR']['seconds'] / by['AR, no cache']['seconds']:.4f} (FLOPs "
               f"{by['VAR']['flops'] / by['AR, no cache']['flops']:.4f})")
 
-    # 3. figure and JSON
+    # 3. the cost table: batch 1 and 16, the ablation's row 1 (AR, with and without cache) against row 2 (VAR)
+    table = []
+    for side in table_sides:
+        ar, var, vae = build(side, args)
+        for batch in batches:
+            labels = torch.arange(batch) % 10  # (B,) class ids
+            calls = {"AR, KV cache": lambda: sample_tokens(ar, labels, use_cache=True),
+                     "AR, no cache": lambda: sample_tokens(ar, labels, use_cache=False),
+                     "VAR": lambda: sample_scales(var, vae, labels, cfg=0.0)}
+            flops = {name: count_flops(call) / batch for name, call in calls.items()}  # also the untimed warm-up
+            times = {name: [] for name in calls}
+            with torch.no_grad():
+                for repeat in range(args.repeats):  # interleaved, as above
+                    for name, call in calls.items():
+                        begin = time.perf_counter()
+                        call()
+                        times[name].append(time.perf_counter() - begin)
+            for name in calls:
+                seconds = statistics.median(times[name])
+                table.append(dict(side=side, batch=batch, variant=name,
+                                  steps=side ** 2 if name.startswith("AR") else len(SCHEDULES[side]),
+                                  flops_per_image=flops[name], seconds_per_batch=seconds,
+                                  seconds_per_image=seconds / batch, seconds_min=min(times[name]),
+                                  seconds_max=max(times[name])))
+    print(f"\ncost table ({args.threads} thread(s), {platform.processor() or platform.machine()}; median of "
+          f"{args.repeats}, interleaved; untrained depth-{args.depth} width-{args.width} models)")
+    print(f"{'map':>6} {'batch':>5} {'variant':<13} {'steps':>6} {'FLOPs/image':>12} {'ms/image':>10} "
+          f"{'VAR / this: time':>17} {'FLOPs':>7}")
+    for r in table:
+        var_row = next(v for v in table if (v["side"], v["batch"], v["variant"]) == (r["side"], r["batch"], "VAR"))
+        r["var_time_ratio"] = var_row["seconds_per_image"] / r["seconds_per_image"]
+        r["var_flops_ratio"] = var_row["flops_per_image"] / r["flops_per_image"]
+        print(f"{r['side']:>3}×{r['side']:<2} {r['batch']:>5} {r['variant']:<13} {r['steps']:>6} "
+              f"{r['flops_per_image']:>12.3g} {r['seconds_per_image'] * 1e3:>10.2f} {r['var_time_ratio']:>17.3f} "
+              f"{r['var_flops_ratio']:>7.2f}")
+    print("paper (Table 3): VAR 0.013 of the AR's time: GPU latency against an AR that recomputes its prefix")
+
+    # 4. figure and JSON
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -176,8 +235,9 @@ def main(argv=None):
     plt.close(figure)
     json_path = os.path.splitext(args.out)[0] + ".json"
     with open(json_path, "w") as file:
-        json.dump(dict(rows=rows, exponents=exponents, args=vars(args), threads=torch.get_num_threads(),
-                       machine=platform.machine(), torch=torch.__version__), file, indent=1)
+        json.dump(dict(rows=rows, exponents=exponents, table=table, args=vars(args), threads=torch.get_num_threads(),
+                       machine=platform.machine(), processor=platform.processor(), torch=torch.__version__,
+                       load_average=os.getloadavg()), file, indent=1)
     print(f"[figure] {args.out}\n[json] {json_path}")
 
 

@@ -49,7 +49,8 @@ class SelfAttention(nn.Module):
     NOTE (differs from official VAR): it makes one masked call over all L positions.
     """
 
-    def __init__(self, width: int, num_heads: int, attn_drop: float, proj_drop: float, attn_l2_norm: bool):
+    def __init__(self, width: int, num_heads: int, attn_drop: float, proj_drop: float, attn_l2_norm: bool,
+                 attn_scale_mul: float = 0.25):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, width // num_heads
         self.attn_l2_norm = attn_l2_norm
@@ -58,7 +59,8 @@ class SelfAttention(nn.Module):
             self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), math.log(4.0)))
             self.max_scale_mul = math.log(100.0)
         else:
-            self.scale = 0.25 / math.sqrt(self.head_dim)  # the official non-normalised scale
+            # 0.25 / √hd is the official non-normalised scale (the config's default); 1.0 / √hd is GPT-2's
+            self.scale = attn_scale_mul / math.sqrt(self.head_dim)
         self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
         self.q_bias, self.v_bias = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(width))
         self.register_buffer("zero_k_bias", torch.zeros(width))  # persistent: the checkpoints carry it
@@ -135,7 +137,8 @@ class AdaLNBlock(nn.Module):
         C = cfg.width
         self.shared_aln = cfg.shared_aln
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.attn = SelfAttention(C, cfg.num_heads, cfg.attn_drop_rate, cfg.drop_rate, cfg.attn_l2_norm)
+        self.attn = SelfAttention(C, cfg.num_heads, cfg.attn_drop_rate, cfg.drop_rate, cfg.attn_l2_norm,
+                                  cfg.attn_scale_mul)
         self.ffn = FFN(C, round(C * cfg.mlp_ratio), cfg.drop_rate)
         self.ln_without_affine = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
         if cfg.shared_aln:
@@ -184,7 +187,8 @@ class LayerNormBlock(nn.Module):
         super().__init__()
         C = cfg.width
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.attn = SelfAttention(C, cfg.num_heads, cfg.attn_drop_rate, cfg.drop_rate, cfg.attn_l2_norm)
+        self.attn = SelfAttention(C, cfg.num_heads, cfg.attn_drop_rate, cfg.drop_rate, cfg.attn_l2_norm,
+                                  cfg.attn_scale_mul)
         self.ffn = FFN(C, round(C * cfg.mlp_ratio), cfg.drop_rate)
         self.ln1 = nn.LayerNorm(C, eps=cfg.norm_eps)  # affine: nothing else scales or shifts the normalised x
         self.ln2 = nn.LayerNorm(C, eps=cfg.norm_eps)

@@ -47,6 +47,9 @@ class VARConfig:
     shared_aln: bool = False  # one AdaLN projection shared by all blocks plus a per-block offset (d36 only)
     attn_l2_norm: bool = True  # QK-norm with a learned per-head temperature (the released checkpoints use it);
     # False: the paper's ablation without "attention normalization", plain softmax(q·k·scale) attention
+    attn_scale_mul: float = 0.25  # without attn_l2_norm, the softmax scale is attn_scale_mul / √hd: 0.25 is the
+    # official temperature; 1.0 is GPT-2's 1/√hd, as minvar.ar uses (tutorial 07 sets it so that its rows 1 and 2
+    # differ only in the prediction order). Unused with attn_l2_norm, whose temperature is learned.
     adaln: bool = True  # AdaLN class conditioning in every block and before the head; False: plain LayerNorm with
     # learned affine and the class enters only through the start token (the "AR to VAR" row of the ablation table)
     cond_drop_rate: float = 0.1  # label dropout in training, so that the null class learns the unconditional model

@@ -127,6 +127,33 @@ def test_attention_normalization_off_drops_the_temperatures_and_changes_the_atte
     assert (normalised(labels, x) - plain(labels, x)).abs().amax() > 1e-4
 
 
+def test_attn_scale_mul_one_is_the_ar_attention_and_the_default_is_the_official_temperature():
+    """The "AR to VAR" row shares the AR's attention: with attn_scale_mul=1.0 (and attn_l2_norm off), VAR's attention
+    given the AR's qkv and output weights and a causal mask returns the AR's causal attention (softmax scale
+    1/√hd); the default 0.25 (the official temperature, 0.25/√hd) gives another result, and is what a plain
+    VARConfig() builds, so the official parity is untouched."""
+    torch.manual_seed(0)
+    ar_attention = tiny_ar().blocks[0].attn  # width 32, 2 heads: hd = 16
+    x = torch.randn(2, N_SIDE * N_SIDE, 32)  # (B, T, C)
+    causal = torch.full((x.shape[1], x.shape[1]), float("-inf")).triu(1)[None, None]  # (1, 1, T, T)
+    with torch.no_grad():
+        ar_attention.qkv.bias[32:64].zero_()  # VAR's k has no bias (a per-query constant: softmax ignores it)
+        expected = ar_attention(x)
+    outputs = {}
+    for multiplier in (1.0, 0.25):
+        attention = VAR(tiny_var_config(adaln=False, attn_l2_norm=False, attn_scale_mul=multiplier)).blocks[0].attn
+        assert attention.scale == multiplier / 16 ** 0.5
+        with torch.no_grad():
+            attention.mat_qkv.weight.copy_(ar_attention.qkv.weight)
+            attention.q_bias.copy_(ar_attention.qkv.bias[:32])
+            attention.v_bias.copy_(ar_attention.qkv.bias[64:])
+            attention.proj.load_state_dict(ar_attention.proj.state_dict())
+            outputs[multiplier] = attention(x, causal, None)  # (B, T, C)
+    torch.testing.assert_close(outputs[1.0], expected, atol=1e-6, rtol=1e-5)
+    assert (outputs[0.25] - expected).abs().amax() > 1e-4
+    assert VARConfig().attn_scale_mul == 0.25
+
+
 def test_defaults_are_the_official_architecture():
     """The switches default to the released models: AdaLN blocks and QK-norm attention (tests/test_parity.py checks
     the numbers; this checks that the defaults did not move), and shared AdaLN without AdaLN is refused."""

@@ -84,15 +84,21 @@ def test_bench_tokenizer_quick(tmp_path):
     check_json(saved, table, VQVAE(config_from_json(VQVAEConfig, saved["vqvae_config"])))
 
 
-def test_bench_cost_quick(tmp_path):
-    """bench_cost.py --quick measures AR (with and without KV cache) and VAR at two sides and fits exponents: the
-    step counts are n² and K exactly, recomputing the prefix costs more FLOPs than the cache, and the figure and
-    JSON are written."""
-    figure = tmp_path / "cost.png"
+@pytest.fixture(scope="module")
+def cost_quick(tmp_path_factory):
+    """bench_cost.py --quick, run once: (its JSON, the figure's path)."""
+    figure = tmp_path_factory.mktemp("bench_cost") / "cost.png"
     result = subprocess.run([sys.executable, str(BENCH / "bench_cost.py"), "--quick", "--out", str(figure)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    saved = json.loads((tmp_path / "cost.json").read_text())
+    return json.loads(figure.with_suffix(".json").read_text()), figure
+
+
+def test_bench_cost_quick(cost_quick):
+    """bench_cost.py --quick measures AR (with and without KV cache) and VAR at two sides and fits exponents: the
+    step counts are n² and K exactly, recomputing the prefix costs more FLOPs than the cache, and the figure and
+    JSON are written."""
+    saved, figure = cost_quick
     rows = {(r["side"], r["variant"]): r for r in saved["rows"]}
     assert rows[(4, "AR, KV cache")]["steps"] == 16 and rows[(4, "VAR")]["steps"] == 4
     assert rows[(4, "AR, no cache")]["flops"] > rows[(4, "AR, KV cache")]["flops"] > 0
@@ -100,6 +106,23 @@ def test_bench_cost_quick(tmp_path):
     assert set(saved["exponents"]) == {"AR, KV cache", "AR, no cache", "VAR"}
     assert saved["exponents"]["AR, no cache"]["steps"] == pytest.approx(2.0)
     assert figure.is_file() and figure.stat().st_size > 1000
+
+
+def test_bench_cost_table_at_two_batches(cost_quick):
+    """bench_cost.py's cost table (--quick: a 4×4 map at batch 1 and 2): every variant at every batch, the exact
+    sequential steps (n² for the AR, K for VAR), counted FLOPs per image that do not depend on the batch, and the
+    lesson of the FLOP column: VAR does MORE arithmetic than the KV-cached AR and less than the AR that recomputes
+    its prefix (so any wall-time win over a cached AR comes from the step count, not from arithmetic)."""
+    table = {(r["side"], r["batch"], r["variant"]): r for r in cost_quick[0]["table"]}
+    assert set(table) == {(4, b, v) for b in (1, 2) for v in ("AR, KV cache", "AR, no cache", "VAR")}
+    for batch in (1, 2):
+        assert table[(4, batch, "AR, KV cache")]["steps"] == table[(4, batch, "AR, no cache")]["steps"] == 16
+        assert table[(4, batch, "VAR")]["steps"] == 4
+        assert table[(4, batch, "AR, KV cache")]["var_flops_ratio"] > 1 > table[(4, batch, "AR, no cache")][
+            "var_flops_ratio"]
+        assert all(r["seconds_per_image"] > 0 for r in table.values())
+    for variant in ("AR, KV cache", "AR, no cache", "VAR"):
+        assert table[(4, 2, variant)]["flops_per_image"] == pytest.approx(table[(4, 1, variant)]["flops_per_image"])
 
 
 def test_gpu_check_cpu_mode(tmp_path):

@@ -15,6 +15,7 @@ flags are read from the environment variable MINVAR_TUTORIAL_ARGS instead (split
 e.g. `MINVAR_TUTORIAL_ARGS="--fast --seed 1"`. In a kernel, figures are also shown in the notebook as they are saved.
 """
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -73,6 +74,34 @@ def parse_args(description: str, extra=None, argv=None):
     torch.manual_seed(args.seed)
     os.makedirs(args.out_dir, exist_ok=True)
     return args
+
+
+def settings_key(settings: dict) -> str:
+    """A short hash of a JSON-able dict of settings: the name of a cached run made with exactly those settings.
+
+    Tutorials that reuse what they trained before (07's tokenizers and models) store the dict beside the checkpoint
+    and reuse it only if every entry matches: the data, the tokenizer, the seed and every training setting.
+    """
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def cached(folder: str, settings: dict):
+    """(path of the checkpoint for these settings, True if a finished run with exactly them is already there)."""
+    os.makedirs(folder, exist_ok=True)
+    stem = os.path.join(folder, settings_key(settings))
+    try:
+        with open(stem + ".json") as file:
+            same = json.load(file) == json.loads(json.dumps(settings, default=str))
+    except (OSError, ValueError):
+        same = False
+    return stem + ".pt", same and os.path.isfile(stem + ".pt")
+
+
+def mark_cached(checkpoint_path: str, settings: dict) -> None:
+    """Write the settings beside a finished checkpoint (after it, so a killed run is never reused)."""
+    with open(os.path.splitext(checkpoint_path)[0] + ".json", "w") as file:
+        json.dump(settings, file, indent=1, sort_keys=True, default=str)
 
 
 def section(title: str) -> None:
