@@ -20,7 +20,8 @@ import evaluate  # noqa: E402
 from minvar.io.data import ShapesDataset, to_uint8_images  # noqa: E402
 
 NUM_CLASSES = 15
-pytestmark = pytest.mark.slow  # trains a judge and runs evaluate.py end to end
+pytestmark = [pytest.mark.slow,  # trains a judge and runs evaluate.py end to end
+              pytest.mark.usefixtures("one_thread")]  # conftest.py: one intra-op thread for this module
 
 
 def write_samples(path, images, labels) -> None:

@@ -9,7 +9,7 @@
 # %%
 """Tutorial 5: a scaling law in miniature: held-out loss vs model size, with seeds, and L = E + A·N^-α.
 
-    python tutorials/05_scaling_laws.py --threads 1   # 43 min on one thread at load 10-17 (docs/results_ablations.md)
+    python tutorials/05_scaling_laws.py --threads 1   # 43 min on one thread at load 10-17 (docs/results.md)
     python tutorials/05_scaling_laws.py --fast        # seconds: the same pipeline with tiny settings
 
 The VAR paper's central empirical claim (its "power-law scaling laws" experiments, Figure 5 and the compute figure
@@ -54,7 +54,7 @@ from minvar.training.schedule import lr_wd_at, set_lr_wd
 from minvar.var import VAR, VARConfig
 
 # The full and fast settings. The full ones took 43 minutes of wall clock on one thread of a 2-core Intel Xeon that
-# other jobs kept at a load average of 10-17, so roughly a quarter of a core (docs/results_ablations.md).
+# other jobs kept at a load average of 10-17, so roughly a quarter of a core (docs/results.md).
 FULL = dict(depths="1,2,3,4,5", width_per_depth=16, steps=400, batch_size=16, train_images=4096, held_out_images=256,
             seeds=3)
 FAST = dict(depths="1,2,3,4,5", width_per_depth=16, steps=4, batch_size=4, train_images=32, held_out_images=16,
@@ -246,7 +246,7 @@ print(f"each size below the next smaller one by more than both seed spreads: {se
 # error in L (not in log L, which would let the point nearest E decide alone). **Confidence interval.** The fit is
 # repeated on bootstrap resamples of the seeds (for each size, its seeds drawn with replacement and averaged); the
 # 2.5th and 97.5th percentiles of α over the resamples are its 95% interval. With three seeds the interval is coarse:
-# it says how far α moves under the noise we measured, not under every source of noise.
+# it says how far α moves under the noise measured here, not under every source of noise.
 #
 # **Without it.** The pure power law L = a·N^b (numpy.polyfit on the logs), as the paper fits; and the compute
 # frontier, each compute budget's best model, L = a·C^b.

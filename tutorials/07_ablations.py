@@ -10,7 +10,7 @@
 """Tutorial 7: the paper's ablation table on a CPU: raster-scan AR against VAR, one switch at a time, with seeds.
 
     python tutorials/07_ablations.py --threads 1   # ~80 min on one thread of a 2-core machine at load 10-17
-                                                   # (docs/results_ablations.md); an idle core needs far less
+                                                   # (docs/results.md); an idle core needs far less
     python tutorials/07_ablations.py --fast        # seconds: the same pipeline with tiny settings (the tests)
     python tutorials/07_ablations.py --data-path /data/my_images   # any folder, one sub-folder per class
     python tutorials/07_ablations.py --ar-tokenizer derived  # AR on VAR's own tokenizer, last scale only
@@ -85,7 +85,7 @@ from minvar.var import VAR, VARConfig
 from minvar.vqvae import VQVAE, VQVAEConfig
 
 # Full and fast settings. The full ones took about 80 minutes on one thread of a 2-core Intel Xeon (Sapphire Rapids
-# class) that other jobs kept at a load average of 10-17 (docs/results_ablations.md); --fast runs in seconds.
+# class) that other jobs kept at a load average of 10-17 (docs/results.md); --fast runs in seconds.
 # steps: every row's training steps (the paper's protocol); the equal-FLOPs table gives every model the counted
 # training FLOPs of `steps` steps of the row-6 VAR. sweep_steps: the short runs that choose each model's learning rate.
 FULL = dict(seeds=3, tokenizer_steps=300, train_images=4096, held_out_images=512, steps=150, sweep_steps=40,
