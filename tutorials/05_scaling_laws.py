@@ -4,38 +4,37 @@
 # Held-out loss against model size, with seeds, and the fit L = E + A·N^-α with its irreducible term E and a
 # confidence interval on α. This file is a script and a notebook at once: run it with
 # `python tutorials/05_scaling_laws.py`, or open it in Jupyter (jupytext), VS Code or PyCharm, where every `# %%`
-# line starts a cell. The commands are in the docstring of the first code cell.
+# line starts a cell.
+#
+#     python tutorials/05_scaling_laws.py --threads 1   # 43 min on one thread at load 10-17 (docs/results.md)
+#     python tutorials/05_scaling_laws.py --fast        # seconds: the same pipeline with tiny settings
+#
+# The VAR paper's central empirical claim (its "power-law scaling laws" experiments, Figure 5 and the compute figure
+# after it): trained the same way, bigger VAR transformers reach a lower test loss, and the loss falls as a power law
+# in the number of parameters N and in the training compute C, a straight line on log-log axes. The paper fits
+# L = (β·X)^-α without an irreducible term: L_last = (2.0·N)^-0.23 and L_avg = (2.5·N)^-0.20 over 18M-2B parameters,
+# linear correlation near -0.998 (its Figure 5), and L_avg = (1.5·10⁻⁵·C_min)^-0.16 against compute.
+#
+# Here, the same experiment fits on a laptop:
+#   1. tokenize a fixed set of built-in images ONCE with the tokenizer (Algorithm 1), so every model sees the same tokens;
+#   2. build a ladder of VAR sizes with the paper's single knob, depth d (width = 16·d here, 64·d in the paper,
+#      heads = d);
+#   3. train every size with several seeds for the same steps on the same tokens, evaluating the held-out loss along
+#      the way;
+#   4. fit L = E + A·N^-α (E: the loss no model size removes: the entropy of the tokens given the class), report α
+#      with a bootstrap confidence interval over seeds, beside the pure power law L = a·N^b and the compute frontier;
+# Outputs (in --out-dir): scaling.png and scaling.json (every number, and the elapsed time).
+#
+# Be honest about what small models on a small dataset can show: many token maps are plausible for one class, so the
+# loss has a floor E that the smallest models are far from and the biggest approach; a pure power law then bends, and
+# its exponent depends on which sizes were trained. The exponent α of the reducible part is the comparable number.
+# One learning rate serves every size, where a real study tunes it per size. Treat α as a property of THIS setup.
+#
+# Shape legend: B batch, n images, L = Σ pn² tokens per image, Cvae code dimension, V codebook size. N (parameters) and
+# C (training FLOPs) are the scaling variables.
+#
 
 # %%
-"""Tutorial 5: a scaling law in miniature: held-out loss vs model size, with seeds, and L = E + A·N^-α.
-
-    python tutorials/05_scaling_laws.py --threads 1   # 43 min on one thread at load 10-17 (docs/results.md)
-    python tutorials/05_scaling_laws.py --fast        # seconds: the same pipeline with tiny settings
-
-The VAR paper's central empirical claim (its "power-law scaling laws" experiments, Figure 5 and the compute figure
-after it): trained the same way, bigger VAR transformers reach a lower test loss, and the loss falls as a power law
-in the number of parameters N and in the training compute C, a straight line on log-log axes. The paper fits
-L = (β·X)^-α without an irreducible term: L_last = (2.0·N)^-0.23 and L_avg = (2.5·N)^-0.20 over 18M-2B parameters,
-linear correlation near -0.998 (its Figure 5), and L_avg = (1.5·10⁻⁵·C_min)^-0.16 against compute.
-
-Here, the same experiment fits on a laptop:
-  1. tokenize a fixed set of built-in images ONCE with the tokenizer (Algorithm 1), so every model sees the same tokens;
-  2. build a ladder of VAR sizes with the paper's single knob, depth d (width = 16·d here, 64·d in the paper,
-     heads = d);
-  3. train every size with several seeds for the same steps on the same tokens, evaluating the held-out loss along
-     the way;
-  4. fit L = E + A·N^-α (E: the loss no model size removes: the entropy of the tokens given the class), report α
-     with a bootstrap confidence interval over seeds, beside the pure power law L = a·N^b and the compute frontier;
-Outputs (in --out-dir): scaling.png and scaling.json (every number, and the elapsed time).
-
-Be honest about what small models on a small dataset can show: many token maps are plausible for one class, so the
-loss has a floor E that the smallest models are far from and the biggest approach; a pure power law then bends, and
-its exponent depends on which sizes were trained. The exponent α of the reducible part is the comparable number.
-One learning rate serves every size, where a real study tunes it per size. Treat α as a property of THIS setup.
-
-Shape legend: B batch, n images, L = Σ pn² tokens per image, Cvae code dimension, V codebook size. N (parameters) and
-C (training FLOPs) are the scaling variables.
-"""
 import argparse
 import json
 import math

@@ -4,56 +4,55 @@
 # Raster-scan AR against VAR, one switch at a time, trained at the paper's protocol (the same number of steps for
 # every row) and, as a second question, at equal training FLOPs. This file is a script and a notebook at once: run
 # it with `python tutorials/07_ablations.py`, or open it in Jupyter (jupytext), VS Code or PyCharm, where every
-# `# %%` line starts a cell. The commands and the overview are in the docstring of the first code cell.
+# `# %%` line starts a cell.
+#
+#     python tutorials/07_ablations.py --threads 1   # ~80 min on one thread of a 2-core machine at load 10-17
+#                                                    # (docs/results.md); an idle core needs far less
+#     python tutorials/07_ablations.py --fast        # seconds: the same pipeline with tiny settings (the tests)
+#     python tutorials/07_ablations.py --data-path /data/my_images   # any folder, one sub-folder per class
+#     python tutorials/07_ablations.py --ar-tokenizer derived  # AR on VAR's own tokenizer, last scale only
+#
+# The VAR paper's case for next-scale prediction is one table, its ablation study (Table 3, ImageNet 256×256, FID):
+#
+#     row  description                 params  model    AdaLN  top-k  CFG  cost   FID
+#     1    AR (raster-scan next-token)  227M   AR       no     no     no   1      18.65   (quoted from MaskGIT)
+#     2    AR to VAR                    207M   VAR-d16  no     no     no   0.013   5.22
+#     3    + AdaLN                      310M   VAR-d16  yes    no     no   0.016   4.95
+#     4    + top-k                      310M   VAR-d16  yes    600    no   0.016   4.64
+#     5    + CFG                        310M   VAR-d16  yes    600    2.0  0.022   3.60
+#     6    + attention normalization    310M   VAR-d16  yes    600    2.0  0.022   3.30
+#     7    + scale up                   2.0B   VAR-d30  yes    600    2.0  0.052   1.73
+#
+# The paper's row 1 is not a model the authors trained: its FID (18.65) is quoted from MaskGIT's raster-scan VQGAN
+# baseline. Row 2 replaces that method with VAR "and keeps other settings unchanged": the VAR rows train for
+# comparable epochs, so VAR spends about 2.7× the AR's compute per image (680 tokens against 256). Here:
+#   1. per seed, two tokenizers with the same training: the multi-scale one VAR needs, and a ONE-scale one (the same
+#      VQVAE with patch_nums=(n,)) for the raster-scan AR (the same resolution and codebook size); their codebook use
+#      and reconstruction distance;
+#   2. the same tokens for every model of a seed, computed once;
+#   3. five models: AR (row 1), VAR without AdaLN and attention normalization (row 2: the same plain GPT-2 block,
+#      attention temperature 1/√head_dim and every setting of the AR; only the prediction order and the tokenizer
+#      differ), VAR with AdaLN (rows 3-5: top-k and CFG are sampling settings of the same weights), the default VAR
+#      (row 6) and a bigger VAR (row 7); each model's learning rate chosen by one short sweep;
+#   4. training at the paper's protocol (every row the same steps: the main table) and at equal counted training
+#      FLOPs (the second table), for every seed; every trained model is cached under a hash of everything that made it;
+#   5. per row: final training loss, held-out loss, and the held-out cross-entropy per scale with the true label and
+#      with the null label (how much the class tells each scale);
+#   6. sampling cost: sequential steps, counted FLOPs and wall time per image (bench/bench_cost.py measures the cost
+#      at batch 1 and 16 and at 16×16 token maps);
+#   7. quality over 50 samples per class and seed: the judge's share of samples in their class (chance is 1/classes:
+#      6.7% for the 15 shapes) and the Fréchet distance in the judge's features, mean ± spread over seeds;
+#   8. both tables beside the paper's, which differences are larger than the seed spread, a figure and
+#      07_ablations.json.
+#
+# What a CPU run can and cannot show: 32px images give an 8×8 token map, so the AR takes 64 steps and VAR 6 (at
+# 256px: 256 against 10); the models are ~1M parameters trained for minutes. The directions are the claim to test.
+#
+# Shape legend: B batch, n side of the last token map, T = n² (AR tokens), L = Σ pn² (VAR tokens), K scales,
+# Cvae code dim, V codebook size.
+#
 
 # %%
-"""Tutorial 7: the paper's ablation table on a CPU: raster-scan AR against VAR, one switch at a time, with seeds.
-
-    python tutorials/07_ablations.py --threads 1   # ~80 min on one thread of a 2-core machine at load 10-17
-                                                   # (docs/results.md); an idle core needs far less
-    python tutorials/07_ablations.py --fast        # seconds: the same pipeline with tiny settings (the tests)
-    python tutorials/07_ablations.py --data-path /data/my_images   # any folder, one sub-folder per class
-    python tutorials/07_ablations.py --ar-tokenizer derived  # AR on VAR's own tokenizer, last scale only
-
-The VAR paper's case for next-scale prediction is one table, its ablation study (Table 3, ImageNet 256×256, FID):
-
-    row  description                 params  model    AdaLN  top-k  CFG  cost   FID
-    1    AR (raster-scan next-token)  227M   AR       no     no     no   1      18.65   (quoted from MaskGIT)
-    2    AR to VAR                    207M   VAR-d16  no     no     no   0.013   5.22
-    3    + AdaLN                      310M   VAR-d16  yes    no     no   0.016   4.95
-    4    + top-k                      310M   VAR-d16  yes    600    no   0.016   4.64
-    5    + CFG                        310M   VAR-d16  yes    600    2.0  0.022   3.60
-    6    + attention normalization    310M   VAR-d16  yes    600    2.0  0.022   3.30
-    7    + scale up                   2.0B   VAR-d30  yes    600    2.0  0.052   1.73
-
-The paper's row 1 is not a model the authors trained: its FID (18.65) is quoted from MaskGIT's raster-scan VQGAN
-baseline. Row 2 replaces that method with VAR "and keeps other settings unchanged": the VAR rows train for
-comparable epochs, so VAR spends about 2.7× the AR's compute per image (680 tokens against 256). Here:
-  1. per seed, two tokenizers with the same training: the multi-scale one VAR needs, and a ONE-scale one (the same
-     VQVAE with patch_nums=(n,)) for the raster-scan AR (the same resolution and codebook size); their codebook use
-     and reconstruction distance;
-  2. the same tokens for every model of a seed, computed once;
-  3. five models: AR (row 1), VAR without AdaLN and attention normalization (row 2: the same plain GPT-2 block,
-     attention temperature 1/√head_dim and every setting of the AR; only the prediction order and the tokenizer
-     differ), VAR with AdaLN (rows 3-5: top-k and CFG are sampling settings of the same weights), the default VAR
-     (row 6) and a bigger VAR (row 7); each model's learning rate chosen by one short sweep;
-  4. training at the paper's protocol (every row the same steps: the main table) and at equal counted training
-     FLOPs (the second table), for every seed; every trained model is cached under a hash of everything that made it;
-  5. per row: final training loss, held-out loss, and the held-out cross-entropy per scale with the true label and
-     with the null label (how much the class tells each scale);
-  6. sampling cost: sequential steps, counted FLOPs and wall time per image (bench/bench_cost.py measures the cost
-     at batch 1 and 16 and at 16×16 token maps);
-  7. quality over 50 samples per class and seed: the judge's share of samples in their class (chance is 1/classes:
-     6.7% for the 15 shapes) and the Fréchet distance in the judge's features, mean ± spread over seeds;
-  8. both tables beside the paper's, which differences are larger than the seed spread, a figure and
-     07_ablations.json.
-
-What a CPU run can and cannot show: 32px images give an 8×8 token map, so the AR takes 64 steps and VAR 6 (at
-256px: 256 against 10); the models are ~1M parameters trained for minutes. The directions are the claim to test.
-
-Shape legend: B batch, n side of the last token map, T = n² (AR tokens), L = Σ pn² (VAR tokens), K scales,
-Cvae code dim, V codebook size.
-"""
 import argparse
 import json
 import math
