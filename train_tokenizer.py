@@ -45,6 +45,8 @@ def parse_args(argv=None):
     # model
     parser.add_argument("--preset", default="tiny", choices=sorted(VQVAE_PRESETS), help="tokenizer architecture")
     parser.add_argument("--vocab-size", type=positive_int, default=None, help="override the preset's codebook size")
+    parser.add_argument("--channels", type=positive_int, default=None, help="override the preset's base width "
+                        "(the encoder's and decoder's first channels)")
     parser.add_argument("--patch-nums", default=None, help="override the scale schedule, e.g. 1,2,3,4,6,8")
     # optimisation: batch 16 and 1000 steps, chosen by measurement on the shapes
     # (docs/results.md#defaults-and-the-measurements-behind-them)
@@ -87,6 +89,8 @@ def build_config(args) -> VQVAEConfig:
     values["image_size"] = args.image_size
     if args.vocab_size:
         values["vocab_size"] = args.vocab_size
+    if args.channels:
+        values["channels"] = args.channels
     if args.patch_nums:
         values["patch_nums"] = tuple(int(p) for p in args.patch_nums.split(","))
     config = VQVAEConfig(**values)
