@@ -19,8 +19,9 @@ both kinds of step and takes the steps whose CPU time, before and after the star
 
     python bench/sweep_tokenizer.py --data-path /tmp/real/grey32 --out-root /tmp/real/tok_grey --cpu-seconds 180 \
         --row default= --row l1="--mse-weight 0 --l1-weight 1" --row gan_half="--gan-from 0.5"
-Each `--row NAME=FLAGS` adds one row; a row already scored (in `<out-root>/results.jsonl`) is skipped, so the sweep
-can be extended, resumed, or run as two processes over disjoint rows. `<out-root>/table.md` is rebuilt each time.
+Each `--row NAME=FLAGS` adds one row; a row already scored (in `<out-root>/results.jsonl`) or started (its folder's
+`started.json`; delete it to retry a row whose run died) is skipped, so the sweep can be extended, resumed, or run as
+several processes over the same rows. `<out-root>/table.md` is rebuilt each time.
 """
 from __future__ import annotations
 
@@ -184,6 +185,18 @@ def read_results(path: str) -> list[dict]:
         return list({result["name"]: result for result in map(json.loads, file)}.values())
 
 
+def claim(run: str) -> bool:
+    """Mark a row as taken (its folder's started.json, created atomically), so that two processes of one sweep can
+    be given the same rows and train each row once; False if another process took it."""
+    os.makedirs(run, exist_ok=True)
+    try:
+        with open(os.path.join(run, "started.json"), "x") as file:
+            json.dump(dict(pid=os.getpid(), time=time.time()), file)
+        return True
+    except FileExistsError:
+        return False
+
+
 def run_row(args, name: str, flags: list[str], gan_from: float | None) -> dict:
     """Train one row at the budget, score it, return its result line."""
     plain_cost = seconds_per_step(args, flags, gan=False)
@@ -220,6 +233,9 @@ def main(argv=None):
     for name, flags, gan_from in rows:
         if name in {result["name"] for result in read_results(results_path)}:
             print(f"{name}: already scored; skipped")
+            continue
+        if not claim(os.path.join(args.out_root, name)):
+            print(f"{name}: started by another process of this sweep; skipped")
             continue
         result = run_row(args, name, flags, gan_from)
         with open(results_path, "a") as file:
