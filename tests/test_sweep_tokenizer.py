@@ -56,3 +56,10 @@ def test_score_reads_both_reports_and_the_table_shows_the_ratios(tmp_path):
                                        train_cpu_s=181.4, score=score)])
     assert text.splitlines()[-1] == ("| l1 | `--l1-weight 1` | 900 | 181 | 25.50 | 0.01 / 0.50 | 15.0 (6.0) | 2.50× | "
                                      "60.0% / 80.0% (0.75×) | 0.70 / 0.50 |")
+
+
+def test_a_row_is_trained_by_one_process_only(tmp_path):
+    """Two processes given the same row: the first to claim its folder trains it, the second is told to skip it."""
+    assert sweep_tokenizer.claim(str(tmp_path / "l1")) is True
+    assert sweep_tokenizer.claim(str(tmp_path / "l1")) is False
+    assert sweep_tokenizer.claim(str(tmp_path / "gan50")) is True
