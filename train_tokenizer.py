@@ -38,6 +38,13 @@ from minvar.training.stops import SaveClock
 from minvar.vqvae import VQVAE, VQVAE_PRESETS, VQVAEConfig
 
 
+# Steps when --steps is not given. The built-in shapes keep the quickstart's 1000
+# (docs/results.md#defaults-and-the-measurements-behind-them). On real photo folders no change of loss, width or
+# codebook beat that default at equal CPU time, while twice its CPU time did, on a grey and a colour folder
+# (docs/results_real_folders.md): an image folder gets the steps those runs trained.
+DEFAULT_STEPS = {"shapes": 1000, "folder": 1700}
+
+
 # The flags a resumed run may change: the trainers' shared ones (minvar/training/arguments.py) and the interval of
 # the reconstruction grids (they do not touch training).
 TOKENIZER_MAY_CHANGE_ON_RESUME = MAY_CHANGE_ON_RESUME + ("grid_every",)
@@ -51,10 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     # model
     parser.add_argument("--preset", default="tiny", choices=sorted(VQVAE_PRESETS), help="tokenizer architecture")
     parser.add_argument("--vocab-size", type=positive_int, default=None, help="override the preset's codebook size")
+    parser.add_argument("--channels", type=positive_int, default=None, help="override the preset's base width "
+                        "(the encoder's and decoder's first channels)")
     parser.add_argument("--patch-nums", default=None, help="override the scale schedule, e.g. 1,2,3,4,6,8")
-    # optimisation: batch 16 and 1000 steps, chosen by measurement on the shapes
-    # (docs/results.md#defaults-and-the-measurements-behind-them)
-    parser.add_argument("--steps", type=positive_int, default=1000, help="training steps")
+    # optimisation: batch 16, chosen by measurement on the shapes
+    # (docs/results.md#defaults-and-the-measurements-behind-them); the steps depend on the data (DEFAULT_STEPS)
+    parser.add_argument("--steps", type=positive_int, default=None, help="training steps; default: "
+                        f"{DEFAULT_STEPS['shapes']} on the built-in shapes, {DEFAULT_STEPS['folder']} on an image "
+                        "folder (--data-path)")
     parser.add_argument("--minutes", type=positive_float, default=None, help="train for this long instead of "
                         "--steps: the run times its first steps and sets the total so that the lr decay completes "
                         "in time")
@@ -92,11 +103,24 @@ def parse_args(argv=None):
     return build_parser().parse_args(argv)
 
 
+def choose_steps(args) -> str:
+    """Fill in the default steps of the data (DEFAULT_STEPS) unless --steps was given; returns the log's line."""
+    if args.steps is not None:
+        return f"steps: {args.steps} (--steps, or the resumed run's)"
+    if args.data_path:
+        args.steps = DEFAULT_STEPS["folder"]
+        return f"steps: {args.steps}, the image-folder default (docs/results_real_folders.md)"
+    args.steps = DEFAULT_STEPS["shapes"]
+    return f"steps: {args.steps}, the built-in shapes' default"
+
+
 def build_config(args) -> VQVAEConfig:
     values = dict(vars(VQVAE_PRESETS[args.preset]))
     values["image_size"] = args.image_size
     if args.vocab_size:
         values["vocab_size"] = args.vocab_size
+    if args.channels:
+        values["channels"] = args.channels
     if args.patch_nums:
         values["patch_nums"] = tuple(int(p) for p in args.patch_nums.split(","))
     config = VQVAEConfig(**values)
@@ -298,8 +322,10 @@ def train(args, run, started: float, argv) -> int:
         raise SystemExit(f"error: {error}")
     if not resumed:  # recorded as run, so a resume can compare them
         args.vocab_size, args.patch_nums = config.vocab_size, ",".join(map(str, config.patch_nums))
+    steps_line = choose_steps(args) + (" (a --minutes budget sets them once timed)" if args.minutes else "")
     log = RunLog(args.out_dir, distributed)
     log.write(f"args: {json.dumps(vars(args))}")
+    log.write(steps_line)
     for line in run.changes:
         log.say(line)
 

@@ -1,8 +1,9 @@
-"""Cut a few large photos into a small real-image classification folder: one class per photo, grey 32 px patches.
+"""Cut a few large photos into a small real-image classification folder: one class per photo, 32 px patches.
 
 minvar may not download data, so its real-data experiments need photos the user already has. This script turns any
 handful of photos into the layout `train_tokenizer.py`, `train_var.py` and `evaluate.py` read (`train/<class>/` and
-`val/<class>/` PNGs). Each photo is resized so its short side is `--short-side` pixels and made grey; training
+`val/<class>/` PNGs). Each photo is resized so its short side is `--short-side` pixels and made grey (with
+`--colour` it keeps its three channels); training
 patches come from its top three quarters and held-out patches from its bottom quarter, so no held-out pixel was
 ever seen in training. Classes that share a texture (grass and gravel, say) make it harder than it looks.
 
@@ -10,6 +11,9 @@ The README's experiment used ten of the photos that ship inside the scikit-image
 scikit-image`, then unzip `skimage/data/`; nothing is installed): astronaut, brick, camera, chelsea, coffee, coins,
 grass, gravel, moon, motorcycle_left.
     python bench/make_patch_folder.py --photos /tmp/skphotos/*.png --out /tmp/photos32
+A colour folder (docs/results_real_folders.md) from ten colour photos of the same wheel and matplotlib's
+`mpl-data/sample_data/grace_hopper.jpg`:
+    python bench/make_patch_folder.py --colour --photos astronaut.png chelsea.png ... --out /tmp/colour32
 """
 import argparse
 import sys
@@ -40,13 +44,15 @@ def main(argv=None) -> None:
     parser.add_argument("--train-per-class", type=int, default=1000)
     parser.add_argument("--val-per-class", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--colour", action="store_true", help="keep the photos' colours (default: grey patches, "
+                        "stored as RGB with three equal channels)")
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(args.seed)
     out = Path(args.out)
     for path in sorted(args.photos):
         try:
-            photo = Image.open(path).convert("L")
+            photo = Image.open(path).convert("RGB" if args.colour else "L")
         except OSError as error:
             sys.exit(f"cannot read photo {path}: {error}")
         scale = args.short_side / min(photo.size)
@@ -60,7 +66,7 @@ def main(argv=None) -> None:
             for i, patch in enumerate(cut_patches(photo, count, args.size, rows, rng)):
                 patch.convert("RGB").save(folder / f"{i:05d}.png")
         print(f"{name}: {args.train_per_class} train + {args.val_per_class} val patches from a "
-              f"{photo.width}×{photo.height} grey photo")
+              f"{photo.width}×{photo.height} {'colour' if args.colour else 'grey'} photo")
 
 
 if __name__ == "__main__":

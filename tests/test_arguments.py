@@ -74,3 +74,15 @@ def test_sample_per_class_negative_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         sample.parse_args(["--per-class", "-3"])
     assert "argument --per-class: must be a positive integer, got -3" in capsys.readouterr().err
+
+
+def test_tokenizer_steps_default_depends_on_the_data():
+    """The built-in shapes keep the quickstart's steps; an image folder (--data-path) gets the folder default, and
+    says so in the log's line; --steps overrides both."""
+    shapes = train_tokenizer.parse_args([])
+    assert "shapes" in train_tokenizer.choose_steps(shapes) and shapes.steps == train_tokenizer.DEFAULT_STEPS["shapes"]
+    folder = train_tokenizer.parse_args(["--data-path", "photos"])
+    assert "image-folder" in train_tokenizer.choose_steps(folder)
+    assert folder.steps == train_tokenizer.DEFAULT_STEPS["folder"] != train_tokenizer.DEFAULT_STEPS["shapes"]
+    given = train_tokenizer.parse_args(["--data-path", "photos", "--steps", "7"])
+    assert "--steps" in train_tokenizer.choose_steps(given) and given.steps == 7
