@@ -41,7 +41,7 @@ from minvar.vqvae import VQVAE, VQVAE_PRESETS, VQVAEConfig
 # Steps when --steps is not given. The built-in shapes keep the quickstart's 1000
 # (docs/results.md#defaults-and-the-measurements-behind-them). On real photo folders no change of loss, width or
 # codebook beat that default at equal CPU time, while twice its CPU time did, on a grey and a colour folder
-# (docs/results_real_folders.md): an image folder gets the steps those runs trained.
+# (docs/results.md): an image folder gets the steps those runs trained.
 DEFAULT_STEPS = {"shapes": 1000, "folder": 1700}
 
 
@@ -109,7 +109,7 @@ def choose_steps(args) -> str:
         return f"steps: {args.steps} (--steps, or the resumed run's)"
     if args.data_path:
         args.steps = DEFAULT_STEPS["folder"]
-        return f"steps: {args.steps}, the image-folder default (docs/results_real_folders.md)"
+        return f"steps: {args.steps}, the image-folder default (docs/results.md)"
     args.steps = DEFAULT_STEPS["shapes"]
     return f"steps: {args.steps}, the built-in shapes' default"
 

@@ -11,7 +11,7 @@ The README's experiment used ten of the photos that ship inside the scikit-image
 scikit-image`, then unzip `skimage/data/`; nothing is installed): astronaut, brick, camera, chelsea, coffee, coins,
 grass, gravel, moon, motorcycle_left.
     python bench/make_patch_folder.py --photos /tmp/skphotos/*.png --out /tmp/photos32
-A colour folder (docs/results_real_folders.md) from ten colour photos of the same wheel and matplotlib's
+A colour folder (docs/results.md) from ten colour photos of the same wheel and matplotlib's
 `mpl-data/sample_data/grace_hopper.jpg`:
     python bench/make_patch_folder.py --colour --photos astronaut.png chelsea.png ... --out /tmp/colour32
 """

@@ -1,4 +1,4 @@
-"""bench/make_patch_folder.py: the real-image folders of docs/results_real_folders.md (a 64×48 photo: milliseconds)."""
+"""bench/make_patch_folder.py: the real-image folders of docs/results.md (a 64×48 photo: milliseconds)."""
 import importlib.util
 import pathlib
 

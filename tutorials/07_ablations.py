@@ -83,7 +83,7 @@ from minvar.training.schedule import lr_wd_at, set_lr_wd
 from minvar.var import VAR, VARConfig
 from minvar.vqvae import VQVAE, VQVAEConfig
 
-# Full and fast settings. The full ones took about 80 minutes on one thread of a 2-core Intel Xeon (Sapphire Rapids
+# Full and fast settings. The full ones took about 80 minutes on one thread of a 2-core Intel Xeon (Emerald Rapids
 # class) that other jobs kept at a load average of 10-17 (docs/results.md); --fast runs in seconds.
 # steps: every row's training steps (the paper's protocol); the equal-FLOPs table gives every model the counted
 # training FLOPs of `steps` steps of the row-6 VAR. sweep_steps: the short runs that choose each model's learning rate.
