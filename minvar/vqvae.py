@@ -57,15 +57,13 @@ class VQVAEConfig:
             raise ValueError(f"channels={self.channels} must be a multiple of norm_groups={self.norm_groups}")
 
 
-# Named configurations. "official" is the released vae_ch160v4096z32 (108.9M parameters); the others are for CPUs.
+# Named configurations. "official" is the released vae_ch160v4096z32 (108.9M parameters); "tiny" is for CPUs.
 VQVAE_PRESETS = {
     "official": VQVAEConfig(),
     "official-512": VQVAEConfig(patch_nums=SCHEDULE_512, image_size=512),
     # The quickstart tokenizer: 32px images, 4× downsampling to an 8×8 latent, 6 scales (L = 130 tokens).
     "tiny": VQVAEConfig(vocab_size=512, code_dim=16, channels=16, channel_mult=(1, 2, 4), num_res_blocks=1,
                         patch_nums=SCHEDULE_TINY, image_size=32, norm_groups=8),
-    # Same layout as the fixture in ../shared/fixtures/official_var_tiny (ch=32 instead of 160).
-    "official-ch32": VQVAEConfig(channels=32),
 }
 
 
