@@ -6,6 +6,7 @@ when present, and the compact one committed in tests/fixtures/official_var_tiny_
 full one, see tests/fixtures/make_compact_fixture.py), used otherwise, so a fresh clone runs every parity test.
 """
 import functools
+import importlib.util
 import os
 import pathlib
 
@@ -21,6 +22,14 @@ USING_FULL_DATA = FULL_FIXTURES.is_dir()
 FIXTURES = FULL_FIXTURES if USING_FULL_DATA else COMPACT
 OFFICIAL_KEYS = SHARED / "reference" / "official_keys" if USING_FULL_DATA else COMPACT / "official_keys"
 
+
+
+def load_bench_script(name: str):
+    """A script of bench/ (which is no package) imported as a module, so tests can call its functions."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 def require(path: pathlib.Path) -> pathlib.Path:
     """Skip (loudly, with the reason) when a data file is missing from the copy in use."""

@@ -1,14 +1,12 @@
 """bench/make_patch_folder.py: the real-image folders of docs/results.md (a 64×48 photo: milliseconds)."""
-import importlib.util
 import pathlib
 
 import numpy as np
 from PIL import Image
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "bench" / "make_patch_folder.py"
-spec = importlib.util.spec_from_file_location("make_patch_folder", SCRIPT)
-make_patch_folder = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(make_patch_folder)
+from conftest import load_bench_script
+
+make_patch_folder = load_bench_script("make_patch_folder")
 
 HEIGHT, WIDTH, SIZE = 48, 64, 8
 

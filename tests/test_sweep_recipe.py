@@ -1,13 +1,9 @@
 """bench/sweep_recipe.py compares rows at equal compute and one sampling setting (no training here: milliseconds)."""
-import importlib.util
-import pathlib
-
 import pytest
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "bench" / "sweep_recipe.py"
-spec = importlib.util.spec_from_file_location("sweep_recipe", SCRIPT)
-sweep_recipe = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sweep_recipe)
+from conftest import REPO, load_bench_script
+
+sweep_recipe = load_bench_script("sweep_recipe")
 
 
 @pytest.mark.parametrize("spec", ["long=--steps 5000", "more=--minutes=9", "other=--tokenizer t.pt",
@@ -59,7 +55,7 @@ def test_small_preset_schedule_and_model_come_from_its_recipe():
     without epochs once fell back to tiny's steps), --steps still overrides them, and its VAR fits the tiny
     tokenizer with fewer parameters than tiny's."""
     import sys
-    sys.path.insert(0, str(SCRIPT.parents[1]))
+    sys.path.insert(0, str(REPO))
     import train_var
     from minvar import VAR, VQVAE
     from minvar.sampling import check_pair

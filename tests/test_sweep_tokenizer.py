@@ -1,14 +1,11 @@
 """bench/sweep_tokenizer.py compares tokenizer recipes at equal compute (no training here: milliseconds)."""
-import importlib.util
 import json
-import pathlib
 
 import pytest
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "bench" / "sweep_tokenizer.py"
-spec = importlib.util.spec_from_file_location("sweep_tokenizer", SCRIPT)
-sweep_tokenizer = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sweep_tokenizer)
+from conftest import load_bench_script
+
+sweep_tokenizer = load_bench_script("sweep_tokenizer")
 
 
 @pytest.mark.parametrize("spec", ["long=--steps 5000", "more=--minutes=9", "gan=--disc-start 100",
